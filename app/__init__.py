@@ -1,0 +1,3 @@
+"""Data-subject-rights service."""
+
+__version__ = "0.1.0"

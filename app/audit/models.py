@@ -1,0 +1,32 @@
+"""The audit chain's tables: append-only events and the chain head."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Column, DateTime, Text
+from sqlmodel import Field, SQLModel
+
+
+class AuditEvent(SQLModel, table=True):
+    __tablename__ = "audit_event"
+
+    seq: int = Field(primary_key=True)
+    request_id: str | None = Field(default=None, index=True, max_length=40)
+    actor: str = Field(max_length=200)
+    action: str = Field(max_length=80)
+    details: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    prev_hash: str = Field(max_length=64)
+    hash: str = Field(max_length=64)
+
+
+class AuditChainHead(SQLModel, table=True):
+    """One row: the last event's sequence number and hash. Appenders lock it, which orders
+    the chain without a table-wide lock."""
+
+    __tablename__ = "audit_chain_head"
+
+    id: int = Field(primary_key=True)
+    seq: int
+    hash: str = Field(max_length=64)

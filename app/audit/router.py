@@ -1,0 +1,23 @@
+"""Audit routes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+
+from app.audit import service
+from app.deps import SessionDep
+from app.security.staff import StaffPrincipal, require_scopes
+
+router = APIRouter(prefix="/v1/admin/audit", tags=["audit"])
+
+Auditor = Annotated[StaffPrincipal, Depends(require_scopes("audit:read"))]
+
+
+@router.get("/verify")
+async def verify(staff: Auditor, session: SessionDep) -> dict:
+    """Recompute the whole hash chain: ``{"ok": true, "events": n}``, or the first broken
+    event (``broken_at``) and why."""
+    report = await service.verify_chain(session)
+    return report.as_dict()

@@ -1,0 +1,157 @@
+"""Append-only, hash-chained audit events.
+
+Each event carries the hash of the one before it; the hash covers the event's sequence
+number, time, actor, action, request id and details, so editing, deleting or reordering any
+stored event breaks verification at that event. Appending locks the one-row chain head
+(``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite's writer lock does the same job), so chains
+stay linear under concurrent writers. Details must never hold identity values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.audit.models import AuditChainHead, AuditEvent
+from app.kit.clock import rfc3339
+
+GENESIS = "0" * 64
+HEAD_ID = 1
+
+
+def event_hash(
+    *,
+    seq: int,
+    prev_hash: str,
+    created_at: datetime,
+    actor: str,
+    action: str,
+    request_id: str | None,
+    details: str,
+) -> str:
+    canonical = json.dumps(
+        [seq, prev_hash, rfc3339(created_at), actor, action, request_id, details],
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+async def record(
+    session: AsyncSession,
+    *,
+    actor: str,
+    action: str,
+    now: datetime,
+    request_id: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> AuditEvent:
+    """Append one event to the chain (in the caller's transaction)."""
+    head = (
+        await session.exec(
+            select(AuditChainHead).where(AuditChainHead.id == HEAD_ID).with_for_update()
+        )
+    ).one_or_none()
+    if head is None:
+        head = AuditChainHead(id=HEAD_ID, seq=0, hash=GENESIS)
+        session.add(head)
+    body = json.dumps(details or {}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    seq = head.seq + 1
+    digest = event_hash(
+        seq=seq,
+        prev_hash=head.hash,
+        created_at=now,
+        actor=actor,
+        action=action,
+        request_id=request_id,
+        details=body,
+    )
+    event = AuditEvent(
+        seq=seq,
+        request_id=request_id,
+        actor=actor,
+        action=action,
+        details=body,
+        created_at=now,
+        prev_hash=head.hash,
+        hash=digest,
+    )
+    head.seq, head.hash = seq, digest
+    session.add(event)
+    session.add(head)
+    return event
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    ok: bool
+    events: int
+    broken_at: int | None = None
+    reason: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        if self.ok:
+            return {"ok": True, "events": self.events}
+        return {
+            "ok": False,
+            "events": self.events,
+            "broken_at": self.broken_at,
+            "reason": self.reason,
+        }
+
+
+async def verify_chain(session: AsyncSession, *, batch: int = 5000) -> ChainReport:
+    """Walk the whole chain in order, recomputing every hash and link."""
+    prev_hash, expected_seq, count, last_seq = GENESIS, 1, 0, 0
+    while True:
+        rows = (
+            await session.exec(
+                select(AuditEvent)
+                .where(AuditEvent.seq > last_seq)
+                .order_by(AuditEvent.seq)
+                .limit(batch)
+            )
+        ).all()
+        if not rows:
+            break
+        for event in rows:
+            if event.seq != expected_seq:
+                return ChainReport(False, count, expected_seq, "an event is missing")
+            if event.prev_hash != prev_hash:
+                return ChainReport(
+                    False, count, event.seq, "the link to the previous event is broken"
+                )
+            recomputed = event_hash(
+                seq=event.seq,
+                prev_hash=event.prev_hash,
+                created_at=event.created_at,
+                actor=event.actor,
+                action=event.action,
+                request_id=event.request_id,
+                details=event.details,
+            )
+            if recomputed != event.hash:
+                return ChainReport(False, count, event.seq, "the event was altered")
+            prev_hash, expected_seq, count, last_seq = (
+                event.hash,
+                event.seq + 1,
+                count + 1,
+                event.seq,
+            )
+    head = (await session.exec(select(AuditChainHead))).one_or_none()
+    if head is not None and (head.seq != last_seq or head.hash != prev_hash):
+        return ChainReport(False, count, last_seq + 1, "events after the last one were removed")
+    return ChainReport(True, count)
+
+
+async def events_for_request(session: AsyncSession, request_id: str) -> list[AuditEvent]:
+    rows = await session.exec(
+        select(AuditEvent).where(AuditEvent.request_id == request_id).order_by(AuditEvent.seq)
+    )
+    return list(rows.all())

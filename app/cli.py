@@ -1,0 +1,203 @@
+"""The ``dsr`` command: serve, worker, migrate, token, openapi, audit verify, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from app.config import ConfigurationError, load_settings
+
+OPENAPI_PATH = Path("openapi/openapi.json")
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object a line; handlers log ids only, never identity values."""
+
+    _skip = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        body = {
+            "at": self.formatTime(record),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        body.update({k: v for k, v in record.__dict__.items() if k not in self._skip})
+        if record.exc_info:
+            body["error"] = self.formatException(record.exc_info)
+        return json.dumps(body, default=str)
+
+
+def setup_logging(level: str = "INFO") -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonLogFormatter())
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+def _settings():  # type: ignore[no-untyped-def]
+    try:
+        return load_settings()
+    except ConfigurationError as exc:
+        sys.exit(f"dsr: {exc}")
+
+
+def cmd_migrate(_: argparse.Namespace) -> None:
+    from app.migrate import upgrade
+
+    settings = _settings()
+    upgrade(settings.database_url)
+    print("database is at the latest schema")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from app.migrate import upgrade
+
+    settings = _settings()
+    setup_logging()
+    upgrade(settings.database_url)
+    if args.workers > 1:
+        uvicorn.run(
+            "app.main:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level="warning",
+            access_log=False,
+        )
+        return
+    from app.main import create_app
+
+    uvicorn.run(
+        create_app(settings), host=args.host, port=args.port, log_level="warning", access_log=False
+    )
+
+
+def cmd_worker(args: argparse.Namespace) -> None:
+    from app.jobs.worker import Worker
+    from app.runtime import build_runtime
+    from app.tasks import register_tasks
+
+    settings = _settings()
+    setup_logging()
+    register_tasks()
+
+    async def main() -> None:
+        runtime = build_runtime(settings)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await Worker(runtime, concurrency=args.concurrency).run(stop)
+        finally:
+            await runtime.aclose()
+
+    asyncio.run(main())
+
+
+def cmd_token(args: argparse.Namespace) -> None:
+    from app.security.staff import mint_staff_token
+
+    settings = _settings()
+    token = mint_staff_token(
+        secret=settings.staff_jwt_secret,
+        subject=args.sub,
+        scopes=args.scope.split(),
+        ttl_seconds=args.ttl,
+        issuer=settings.staff_jwt_issuer or None,
+        audience=settings.staff_jwt_audience or None,
+    )
+    print(token)
+
+
+def openapi_document() -> dict:
+    from app.config import Settings
+    from app.main import create_app
+
+    app = create_app(Settings(encryption_key="x" * 43, staff_jwt_secret="x" * 43), run_worker=False)
+    return app.openapi()
+
+
+def render_openapi() -> str:
+    return json.dumps(openapi_document(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def cmd_openapi(args: argparse.Namespace) -> None:
+    text = render_openapi()
+    if args.write:
+        OPENAPI_PATH.parent.mkdir(parents=True, exist_ok=True)
+        OPENAPI_PATH.write_text(text)
+        print(f"wrote {OPENAPI_PATH}")
+    else:
+        sys.stdout.write(text)
+
+
+def cmd_audit_verify(_: argparse.Namespace) -> None:
+    from app.audit.service import verify_chain
+    from app.runtime import build_runtime
+
+    settings = _settings()
+
+    async def main() -> dict:
+        runtime = build_runtime(settings)
+        try:
+            async with runtime.session() as session:
+                return (await verify_chain(session)).as_dict()
+        finally:
+            await runtime.aclose()
+
+    report = asyncio.run(main())
+    print(json.dumps(report))
+    if not report["ok"]:
+        sys.exit(1)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dsr", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="migrate, then serve the API (with a worker)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1, help="server processes")
+    serve.set_defaults(func=cmd_serve)
+
+    worker = sub.add_parser("worker", help="run a job worker alone")
+    worker.add_argument("--concurrency", type=int, default=8)
+    worker.set_defaults(func=cmd_worker)
+
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
+
+    token = sub.add_parser("token", help="mint a staff token with the local secret")
+    token.add_argument("--scope", default="requests:read requests:write audit:read")
+    token.add_argument("--sub", default="cli")
+    token.add_argument("--ttl", type=int, default=3600)
+    token.set_defaults(func=cmd_token)
+
+    openapi = sub.add_parser("openapi", help="print the OpenAPI document")
+    openapi.add_argument("--write", action="store_true", help=f"write {OPENAPI_PATH}")
+    openapi.set_defaults(func=cmd_openapi)
+
+    audit = sub.add_parser("audit", help="audit chain tools")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    audit_sub.add_parser("verify", help="verify the whole chain").set_defaults(
+        func=cmd_audit_verify
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""Enqueue, claim, finish: the job table's operations.
+
+``enqueue`` runs inside the caller's transaction, so work is queued exactly when the state
+change that causes it commits. ``claim_due_jobs`` takes due jobs, and jobs whose lease
+expired (their worker died), with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL; on SQLite the
+database's single writer lock makes one claimer at a time. Finishing a job checks the lease
+owner, so a worker that lost its lease cannot overwrite the new owner's work.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, or_, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.jobs.models import Job, JobStatus
+from app.kit.ids import new_id
+
+ERROR_LIMIT = 1000
+
+
+async def enqueue(
+    session: AsyncSession,
+    kind: str,
+    payload: dict[str, Any],
+    *,
+    now: datetime,
+    run_after: datetime | None = None,
+    request_id: str | None = None,
+    queueing_lock: str | None = None,
+    max_attempts: int = 10,
+) -> Job | None:
+    """Queue a job in the caller's transaction. With a ``queueing_lock`` that is already held
+    by a queued job, nothing is queued and ``None`` is returned."""
+    job = Job(
+        id=new_id("job"),
+        kind=kind,
+        payload=json.dumps(payload, separators=(",", ":")),
+        queueing_lock=queueing_lock,
+        request_id=request_id,
+        run_after=run_after or now,
+        max_attempts=max_attempts,
+        created_at=now,
+        updated_at=now,
+    )
+    if queueing_lock is None:
+        session.add(job)
+        return job
+    try:
+        async with session.begin_nested():
+            session.add(job)
+    except IntegrityError:
+        return None
+    return job
+
+
+async def claim_due_jobs(
+    session: AsyncSession, *, worker_id: str, now: datetime, limit: int, lease_seconds: float
+) -> list[Job]:
+    """Take up to ``limit`` due jobs under a lease held by ``worker_id``."""
+    due = or_(
+        (col(Job.status) == JobStatus.queued) & (col(Job.run_after) <= now),
+        (col(Job.status) == JobStatus.running) & (col(Job.lease_expires_at) < now),
+    )
+    query = (
+        select(Job)
+        .where(due)
+        .order_by(col(Job.run_after))
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    jobs = list((await session.exec(query)).all())
+    lease_until = now + timedelta(seconds=lease_seconds)
+    for job in jobs:
+        job.status = JobStatus.running
+        job.attempts += 1
+        job.lease_owner = worker_id
+        job.lease_expires_at = lease_until
+        job.updated_at = now
+        session.add(job)
+    return jobs
+
+
+async def extend_leases(
+    session: AsyncSession,
+    *,
+    worker_id: str,
+    job_ids: list[str],
+    now: datetime,
+    lease_seconds: float,
+) -> None:
+    if not job_ids:
+        return
+    await session.exec(
+        update(Job)
+        .where(
+            col(Job.id).in_(job_ids),
+            col(Job.lease_owner) == worker_id,
+            col(Job.status) == JobStatus.running,
+        )
+        .values(lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now)
+    )  # type: ignore[call-overload]
+
+
+async def _finish(
+    session: AsyncSession, job: Job, *, worker_id: str, now: datetime, **values: Any
+) -> bool:
+    result = await session.exec(
+        update(Job)
+        .where(
+            col(Job.id) == job.id,
+            col(Job.lease_owner) == worker_id,
+            col(Job.status) == JobStatus.running,
+            col(Job.attempts) == job.attempts,
+        )
+        .values(updated_at=now, lease_owner=None, lease_expires_at=None, **values)
+    )  # type: ignore[call-overload]
+    return bool(result.rowcount)
+
+
+async def mark_succeeded(session: AsyncSession, job: Job, *, worker_id: str, now: datetime) -> bool:
+    return await _finish(
+        session, job, worker_id=worker_id, now=now, status=JobStatus.succeeded, last_error=None
+    )
+
+
+async def mark_failed(
+    session: AsyncSession, job: Job, *, worker_id: str, now: datetime, error: str
+) -> bool:
+    return await _finish(
+        session,
+        job,
+        worker_id=worker_id,
+        now=now,
+        status=JobStatus.failed,
+        last_error=error[:ERROR_LIMIT],
+    )
+
+
+async def reschedule(
+    session: AsyncSession,
+    job: Job,
+    *,
+    worker_id: str,
+    now: datetime,
+    delay_seconds: float,
+    error: str | None,
+) -> bool:
+    return await _finish(
+        session,
+        job,
+        worker_id=worker_id,
+        now=now,
+        status=JobStatus.queued,
+        run_after=now + timedelta(seconds=delay_seconds),
+        last_error=error[:ERROR_LIMIT] if error else None,
+    )
+
+
+async def release(session: AsyncSession, job: Job, *, worker_id: str, now: datetime) -> bool:
+    """Give a claimed job back untouched (graceful shutdown): the attempt does not count."""
+    return await _finish(
+        session,
+        job,
+        worker_id=worker_id,
+        now=now,
+        status=JobStatus.queued,
+        run_after=now,
+        attempts=job.attempts - 1,
+    )
+
+
+async def counts_by_status(session: AsyncSession) -> dict[str, int]:
+    rows = await session.exec(select(Job.status, func.count()).group_by(Job.status))
+    return {status: count for status, count in rows.all()}
+
+
+async def oldest_waiting(session: AsyncSession) -> datetime | None:
+    return (
+        await session.exec(
+            select(func.min(Job.created_at)).where(col(Job.status) == JobStatus.queued)
+        )
+    ).one()

@@ -1,0 +1,11 @@
+"""Every table, imported in one place so metadata is complete (migrations, drift check)."""
+
+from __future__ import annotations
+
+
+def import_all_models() -> None:
+    import app.audit.models
+    import app.identity.models
+    import app.jobs.models
+    import app.notifications.models
+    import app.requests.models  # noqa: F401

@@ -1,0 +1,208 @@
+"""Delivery of one rendered e-mail: to an SMTP server, or to an ``.eml`` file in development.
+
+The outbox calls ``deliver`` once per row and retries on ``DeliveryError``, so delivery is
+idempotent where we control it: the ``Message-ID`` is derived from the outbox row
+(``<{message_id}@dsr>``) so a receiver or a human can recognise a re-delivery, and the file sink
+overwrites the same file. Errors carry a short reason only (exception class, SMTP code, errno
+name), never the recipient, the body or the SMTP URL: they end up in logs and in the outbox
+table, where personal data and credentials must not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import formatdate
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import aiosmtplib
+
+# Message ids become a file name and the left part of a Message-ID: keep them to safe atoms.
+_MESSAGE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+@dataclass(frozen=True)
+class OutgoingMail:
+    message_id: str
+    to: str
+    subject: str
+    text: str
+    language: str
+
+    def __post_init__(self) -> None:
+        if not _MESSAGE_ID.fullmatch(self.message_id):
+            raise ValueError("message_id must be letters, digits, '.', '_' or '-'")
+
+
+class DeliveryError(Exception):
+    """The mail was not delivered; the outbox decides whether to try again.
+
+    ``permanent`` is true when the server refused this very message (a 5xx for the recipient or
+    the data): trying again would get the same answer. Everything else (connection, timeout,
+    authentication, configuration, 4xx) may succeed later. The message is a short reason safe to
+    log: it never contains the recipient, the body or credentials.
+    """
+
+    def __init__(self, reason: str, *, permanent: bool = False, code: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.permanent = permanent
+        self.code = code
+
+
+@dataclass(frozen=True)
+class SmtpTarget:
+    hostname: str
+    port: int
+    use_tls: bool
+    start_tls: bool | None  # None: upgrade if the server offers STARTTLS (aiosmtplib's default)
+    username: str | None
+    password: str | None
+
+
+def parse_smtp_url(url: str) -> SmtpTarget:
+    """``smtp://[user:password@]host[:port][?starttls=true]`` or ``smtps://...``.
+
+    Raises ``ValueError`` with a message that does not repeat the URL (it may hold a password),
+    so the configuration can be checked at start and the error shown as is.
+    """
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        raise ValueError("DSR_SMTP_URL is not a valid URL") from None
+    if parts.scheme not in ("smtp", "smtps"):
+        raise ValueError("DSR_SMTP_URL must start with smtp:// or smtps://")
+    if not parts.hostname:
+        raise ValueError("DSR_SMTP_URL has no host")
+    use_tls = parts.scheme == "smtps"
+    start_tls: bool | None = None
+    flags = parse_qs(parts.query).get("starttls")
+    if flags:
+        flag = flags[-1].lower()
+        if flag not in _TRUE | _FALSE:
+            raise ValueError("DSR_SMTP_URL: starttls must be true or false")
+        start_tls = flag in _TRUE
+        if use_tls and start_tls:
+            raise ValueError("DSR_SMTP_URL: smtps:// is already TLS; starttls=true is for smtp://")
+    if use_tls:
+        start_tls = False
+    return SmtpTarget(
+        hostname=parts.hostname,
+        port=port or (465 if use_tls else 25),
+        use_tls=use_tls,
+        start_tls=start_tls,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password is not None else None,
+    )
+
+
+def build_message(mail: OutgoingMail, *, mail_from: str) -> EmailMessage:
+    """The MIME message: UTF-8 plain text, quoted-printable so it survives 7-bit relays."""
+    message = EmailMessage()
+    message["From"] = mail_from
+    message["To"] = mail.to
+    message["Subject"] = mail.subject
+    message["Date"] = formatdate(usegmt=True)
+    message["Message-ID"] = f"<{mail.message_id}@dsr>"
+    # RFC 3834: tells vacation responders and mailing lists not to answer a robot.
+    message["Auto-Submitted"] = "auto-generated"
+    message.set_content(mail.text, subtype="plain", charset="utf-8", cte="quoted-printable")
+    # After set_content, which clears every Content-* header it finds.
+    message["Content-Language"] = mail.language
+    return message
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Temp file in the same directory, then rename: a reader never sees half a mail, and a
+    # re-delivery replaces the file in one step. mkstemp creates it readable by us only.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _reason(exc: BaseException) -> tuple[str, int | None, bool]:
+    """A loggable reason, the SMTP code if any, and whether the refusal is permanent."""
+    name = type(exc).__name__
+    code: int | None = None
+    permanent = False
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
+        code = exc.recipients[0].code
+        permanent = 500 <= code < 600
+    elif isinstance(exc, aiosmtplib.SMTPRecipientRefused | aiosmtplib.SMTPDataError):
+        code = exc.code
+        permanent = 500 <= code < 600
+    elif isinstance(exc, aiosmtplib.SMTPResponseException):
+        code = exc.code
+    if code is not None:
+        return f"{name} {code}", code, permanent
+    if isinstance(exc, OSError) and exc.errno is not None and exc.errno in errno.errorcode:
+        return f"{name} {errno.errorcode[exc.errno]}", None, False
+    return name, None, False
+
+
+async def deliver(
+    mail: OutgoingMail,
+    *,
+    smtp_url: str,
+    mail_dir: Path,
+    mail_from: str,
+    timeout: float = 15,
+) -> None:
+    """Send ``mail`` by SMTP, or write ``{mail_dir}/{message_id}.eml`` when no server is set.
+
+    Raises ``DeliveryError`` on any failure; safe to call again for the same mail.
+    """
+    try:
+        message = build_message(mail, mail_from=mail_from)
+    except (ValueError, TypeError) as exc:  # e.g. a line break in an address
+        raise DeliveryError(f"invalid message: {type(exc).__name__}", permanent=True) from None
+
+    if not smtp_url.strip():
+        path = mail_dir / f"{mail.message_id}.eml"
+        try:
+            await asyncio.to_thread(_write_file, path, bytes(message))
+        except OSError as exc:
+            reason, _, _ = _reason(exc)
+            raise DeliveryError(f"mail file not written: {reason}") from None
+        return
+
+    try:
+        target = parse_smtp_url(smtp_url)
+    except ValueError as exc:
+        raise DeliveryError(str(exc)) from None
+    try:
+        await aiosmtplib.send(
+            message,
+            sender=mail_from,
+            recipients=[mail.to],
+            hostname=target.hostname,
+            port=target.port,
+            username=target.username,
+            password=target.password,
+            use_tls=target.use_tls,
+            start_tls=target.start_tls,
+            timeout=timeout,
+        )
+    except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+        # ``from None``: the original exception's text may quote the recipient.
+        reason, code, permanent = _reason(exc)
+        raise DeliveryError(
+            f"SMTP delivery failed: {reason}", permanent=permanent, code=code
+        ) from None

@@ -1,0 +1,116 @@
+"""Queue e-mails in the caller's transaction and deliver them from a job.
+
+A message is rendered when queued (a template error fails the state change, loudly, not the
+delivery, silently), sealed with the service key (it may hold a verification code), and
+delivered by the ``notifications.deliver`` job over SMTP or as an ``.eml`` file. Failed
+deliveries are retried with backoff for hours; the content is dropped once delivered.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import datetime
+
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.config import Settings
+from app.jobs import service as jobs
+from app.jobs.models import Job
+from app.jobs.registry import JobError, handler
+from app.jobs.worker import JobContext, payload_of
+from app.kit.crypto import Sealer
+from app.kit.ids import new_id
+from app.notifications.models import OutboxMessage, OutboxStatus
+from app.notifications.sender import DeliveryError, OutgoingMail, deliver
+from app.notifications.templates import render
+
+log = logging.getLogger("dsr.notifications")
+
+DELIVER_KIND = "notifications.deliver"
+DELIVERY_ATTEMPTS = 60  # with a 10-minute cap: about ten hours of trying
+
+
+async def queue_mail(
+    session: AsyncSession,
+    *,
+    settings: Settings,
+    sealer: Sealer,
+    now: datetime,
+    to: str,
+    template: str,
+    language: str | None,
+    context: Mapping[str, object],
+    request_id: str | None = None,
+) -> OutboxMessage:
+    rendered = render(
+        template, language=language, default_language=settings.default_language, context=context
+    )
+    message_id = new_id("msg")
+    sealed = sealer.seal_json(
+        {"to": to, "subject": rendered.subject, "text": rendered.text}, context=message_id
+    )
+    message = OutboxMessage(
+        id=message_id,
+        request_id=request_id,
+        template=template,
+        language=rendered.language,
+        sealed=sealed,
+        created_at=now,
+    )
+    session.add(message)
+    await jobs.enqueue(
+        session,
+        DELIVER_KIND,
+        {"message_id": message_id},
+        now=now,
+        request_id=request_id,
+        max_attempts=DELIVERY_ATTEMPTS,
+    )
+    return message
+
+
+@handler(DELIVER_KIND)
+async def deliver_message(ctx: JobContext, job: Job) -> None:
+    message_id = payload_of(job)["message_id"]
+    async with ctx.session() as session:
+        message = await session.get(OutboxMessage, message_id)
+        if message is None or message.status == OutboxStatus.sent or message.sealed is None:
+            return
+        content = ctx.sealer.open_json(message.sealed, context=message_id)
+        language = message.language
+    mail = OutgoingMail(
+        message_id=message_id,
+        to=content["to"],
+        subject=content["subject"],
+        text=content["text"],
+        language=language,
+    )
+    settings = ctx.settings
+    try:
+        await deliver(
+            mail,
+            smtp_url=settings.smtp_url,
+            mail_dir=settings.mail_dir,
+            mail_from=settings.mail_from,
+        )
+    except DeliveryError as exc:
+        async with ctx.session() as session:
+            message = await session.get(OutboxMessage, message_id)
+            if message is not None:
+                message.attempts += 1
+                message.last_error = str(exc)[:500]
+                if job.attempts >= job.max_attempts:
+                    message.status = OutboxStatus.failed
+                session.add(message)
+        raise JobError(f"delivery failed: {exc}") from exc
+    async with ctx.session() as session:
+        message = await session.get(OutboxMessage, message_id)
+        if message is not None:
+            message.status = OutboxStatus.sent
+            message.sent_at = ctx.clock.now()
+            message.attempts += 1
+            message.last_error = None
+            message.sealed = None
+            session.add(message)
+    log.info("notifications.sent", extra={"message_id": message_id})

@@ -1,0 +1,137 @@
+"""Shaping requests into the contract's views (subject, staff detail, staff list)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.audit import service as audit
+from app.deadlines import days_left, get_regime, is_overdue
+from app.identity import service as identity
+from app.kit.clock import utc
+from app.requests import service
+from app.requests.models import DsrRequest
+from app.requests.states import OPEN, RequestStatus
+from app.runtime import Runtime
+
+
+def _verification(req: DsrRequest) -> dict[str, Any] | None:
+    if req.status != RequestStatus.pending_verification:
+        return None
+    return {"method": req.verification_method, "expires_at": req.verification_expires_at}
+
+
+def subject_view(req: DsrRequest) -> dict[str, Any]:
+    return {
+        "id": req.id,
+        "type": req.type,
+        "status": req.status,
+        "received_at": req.received_at,
+        "due_date": req.due_date,
+        "due_at": req.due_at,
+        "extended": req.extended,
+        "rejection_reason": req.rejection_reason,
+        "verification": _verification(req),
+        "export": None,
+        "outcomes": [],
+    }
+
+
+def _clock_fields(rt: Runtime, req: DsrRequest, now: datetime) -> dict[str, Any]:
+    is_open = RequestStatus(req.status) in OPEN
+    return {
+        "days_left": days_left(req.due_date, now=now, tz=rt.settings.tz),
+        "overdue": is_open and is_overdue(utc(req.due_at), now=now),
+    }
+
+
+def list_item(rt: Runtime, req: DsrRequest, now: datetime) -> dict[str, Any]:
+    return {
+        "id": req.id,
+        "type": req.type,
+        "status": req.status,
+        "channel": req.channel,
+        "jurisdiction": req.jurisdiction,
+        "email": service.subject_of(rt, req)["email"],
+        "received_at": req.received_at,
+        "due_date": req.due_date,
+        "due_at": req.due_at,
+        "extended": req.extended,
+        "closed_at": req.closed_at,
+        **_clock_fields(rt, req, now),
+    }
+
+
+async def staff_view(
+    session: AsyncSession, rt: Runtime, req: DsrRequest, now: datetime
+) -> dict[str, Any]:
+    content = service.content_of(rt, req)
+    deadline = service.deadline_of(rt, req, now=now)
+    regime = get_regime(req.jurisdiction)
+    document = await identity.document_for(session, req.id)
+    events = await audit.events_for_request(session, req.id)
+    return {
+        "id": req.id,
+        "type": req.type,
+        "status": req.status,
+        "channel": req.channel,
+        "jurisdiction": req.jurisdiction,
+        "language": req.language,
+        "subject": service.subject_of(rt, req),
+        "details": content.get("details"),
+        "rectifications": content.get("rectifications"),
+        "objection": content.get("objection"),
+        "verification": {
+            "method": req.verification_method,
+            "verified": req.identity_verified_at is not None,
+            "verified_at": req.identity_verified_at,
+            "verified_by": req.identity_verified_by,
+            "verified_how": req.identity_method,
+            "expires_at": req.verification_expires_at,
+            "document": document
+            and {
+                "content_type": document.content_type,
+                "size_bytes": document.size_bytes,
+                "uploaded_at": document.uploaded_at,
+            },
+        },
+        "received_at": req.received_at,
+        "original_due_date": req.original_due_date,
+        "due_date": req.due_date,
+        "due_at": req.due_at,
+        "extended": req.extended,
+        "extension_reason": req.extension_reason,
+        **_clock_fields(rt, req, now),
+        "acknowledgement_due_date": service.acknowledgement_due_date(rt, req),
+        "deadline_explanation": {
+            "regime": regime.code,
+            "regime_name": regime.name,
+            "legal_reference": regime.legal_reference,
+            "receipt_day": deadline.receipt_day,
+            "start_day": deadline.start_day,
+            "nominal_end": deadline.nominal_end,
+            "paused_days": deadline.paused_days,
+            "extended": deadline.extended,
+            "steps": deadline.explanation,
+        },
+        "rejection_reason": req.rejection_reason,
+        "rejection_detail": req.rejection_detail,
+        "closed_at": req.closed_at,
+        "duplicates": await service.duplicates_of(session, req),
+        "export": None,
+        "outcomes": [],
+        "jobs": [],
+        "events": [
+            {
+                "seq": e.seq,
+                "at": e.created_at,
+                "actor": e.actor,
+                "action": e.action,
+                "details": json.loads(e.details),
+            }
+            for e in events
+        ],
+    }

@@ -1,0 +1,51 @@
+"""What a running process shares: settings, the clock, the session factory, one HTTP client
+and the sealer. Built once by ``create_app`` or ``dsr worker``; handed to services and jobs."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.config import Settings, decode_key
+from app.db import create_engine, session_factory, session_scope
+from app.kit.clock import Clock
+from app.kit.crypto import Sealer
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    clock: Clock
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    http: httpx.AsyncClient
+    sealer: Sealer
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        """One unit of work (commit at the end, roll back on error)."""
+        async with session_scope(self.sessions) as session:
+            yield session
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+        await self.engine.dispose()
+
+
+def build_runtime(settings: Settings, *, clock: Clock | None = None) -> Runtime:
+    engine = create_engine(settings.database_url)
+    return Runtime(
+        settings=settings,
+        clock=clock or Clock(),
+        engine=engine,
+        sessions=session_factory(engine),
+        http=httpx.AsyncClient(timeout=httpx.Timeout(10.0), follow_redirects=False),
+        sealer=Sealer(decode_key(settings.encryption_key)),
+    )

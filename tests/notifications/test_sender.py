@@ -1,0 +1,299 @@
+"""Delivery to an .eml file and to a real SMTP server on loopback."""
+
+from __future__ import annotations
+
+import socket
+import stat
+from collections.abc import Iterator
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from app.notifications.sender import (
+    DeliveryError,
+    OutgoingMail,
+    deliver,
+    parse_smtp_url,
+)
+
+RECIPIENT = "ana.ruiz@example.org"
+MAIL_FROM = "privacy@dsr.example"
+BODY = "Bonjour,\n\nVotre demande a été reçue le 2 mars 2026 : merci de votre patience.\n"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def outgoing(**overrides: str) -> OutgoingMail:
+    fields = {
+        "message_id": "out_01abc",
+        "to": RECIPIENT,
+        "subject": "Accusé de réception de votre demande req_01abc",
+        "text": BODY,
+        "language": "fr",
+    }
+    fields.update(overrides)
+    return OutgoingMail(**fields)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def parse(raw: bytes) -> EmailMessage:
+    message = message_from_bytes(raw, policy=policy.default)
+    assert isinstance(message, EmailMessage)
+    return message
+
+
+class Collector:
+    """An aiosmtpd handler that keeps what it receives, or refuses recipients on demand."""
+
+    def __init__(self, *, refuse_recipients: str | None = None) -> None:
+        self.envelopes: list[Envelope] = []
+        self.refuse_recipients = refuse_recipients
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if self.refuse_recipients:
+            return self.refuse_recipients
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.envelopes.append(envelope)
+        return "250 Message accepted for delivery"
+
+
+@pytest.fixture
+def collector() -> Collector:
+    return Collector()
+
+
+@pytest.fixture
+def smtp_server(collector: Collector) -> Iterator[str]:
+    port = free_port()
+    controller = Controller(collector, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield f"smtp://127.0.0.1:{port}"
+    finally:
+        controller.stop()
+
+
+# --- file sink -------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_eml_file_written_and_parseable(tmp_path: Path) -> None:
+    mail_dir = tmp_path / "var" / "mail"
+    await deliver(outgoing(), smtp_url="", mail_dir=mail_dir, mail_from=MAIL_FROM)
+
+    path = mail_dir / "out_01abc.eml"
+    assert [p.name for p in mail_dir.iterdir()] == ["out_01abc.eml"]  # no temp file left
+    assert stat.S_IMODE(mail_dir.stat().st_mode) & 0o077 == 0
+    assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0
+
+    message = parse(path.read_bytes())
+    assert message["From"] == MAIL_FROM
+    assert message["To"] == RECIPIENT
+    assert message["Subject"] == "Accusé de réception de votre demande req_01abc"
+    assert message["Message-ID"] == "<out_01abc@dsr>"
+    assert message["Content-Language"] == "fr"
+    assert message["Date"]
+    assert message.get_content_type() == "text/plain"
+    assert message.get_content_charset() == "utf-8"
+    assert message.get_content() == BODY
+    assert path.read_bytes().isascii()  # encoded headers and quoted-printable body
+
+
+@pytest.mark.anyio
+async def test_eml_redelivery_overwrites_the_same_file(tmp_path: Path) -> None:
+    await deliver(outgoing(), smtp_url="", mail_dir=tmp_path, mail_from=MAIL_FROM)
+    await deliver(
+        outgoing(text="Deuxième envoi.\n"), smtp_url="", mail_dir=tmp_path, mail_from=MAIL_FROM
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["out_01abc.eml"]
+    assert parse((tmp_path / "out_01abc.eml").read_bytes()).get_content() == "Deuxième envoi.\n"
+
+
+@pytest.mark.anyio
+async def test_unwritable_mail_dir_raises_delivery_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "mail"
+    blocker.write_text("not a directory")
+    with pytest.raises(DeliveryError) as info:
+        await deliver(outgoing(), smtp_url="", mail_dir=blocker, mail_from=MAIL_FROM)
+    assert RECIPIENT not in str(info.value)
+
+
+# --- SMTP ------------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_smtp_delivery(smtp_server: str, collector: Collector, tmp_path: Path) -> None:
+    await deliver(outgoing(), smtp_url=smtp_server, mail_dir=tmp_path, mail_from=MAIL_FROM)
+
+    assert len(collector.envelopes) == 1
+    envelope = collector.envelopes[0]
+    assert envelope.mail_from == MAIL_FROM
+    assert envelope.rcpt_tos == [RECIPIENT]
+    assert isinstance(envelope.content, bytes)
+    message = parse(envelope.content)
+    assert message["Subject"] == "Accusé de réception de votre demande req_01abc"
+    assert message["Message-ID"] == "<out_01abc@dsr>"
+    assert message["To"] == RECIPIENT
+    assert message["Content-Language"] == "fr"
+    assert message.get_content().replace("\r\n", "\n") == BODY  # CRLF on the wire
+    assert list(tmp_path.iterdir()) == []  # nothing written to disk when SMTP is configured
+
+
+@pytest.mark.anyio
+async def test_smtp_redelivery_keeps_message_id(
+    smtp_server: str, collector: Collector, tmp_path: Path
+) -> None:
+    for _ in range(2):
+        await deliver(outgoing(), smtp_url=smtp_server, mail_dir=tmp_path, mail_from=MAIL_FROM)
+    contents = [envelope.content for envelope in collector.envelopes]
+    assert all(isinstance(content, bytes) for content in contents)
+    ids = {parse(content)["Message-ID"] for content in contents if isinstance(content, bytes)}
+    assert len(contents) == 2
+    assert ids == {"<out_01abc@dsr>"}
+
+
+@pytest.mark.anyio
+async def test_unreachable_server_raises_without_recipient(tmp_path: Path) -> None:
+    port = free_port()  # closed again: nothing listens there
+    with pytest.raises(DeliveryError) as info:
+        await deliver(
+            outgoing(),
+            smtp_url=f"smtp://127.0.0.1:{port}",
+            mail_dir=tmp_path,
+            mail_from=MAIL_FROM,
+            timeout=5,
+        )
+    assert not info.value.permanent
+    text = str(info.value)
+    assert RECIPIENT not in text
+    assert "ana.ruiz" not in text
+    assert "Bonjour" not in text
+    assert info.value.__cause__ is None
+    assert info.value.__suppress_context__
+
+
+@pytest.mark.anyio
+async def test_refused_recipient_is_permanent(tmp_path: Path) -> None:
+    collector = Collector(refuse_recipients=f"550 5.1.1 <{RECIPIENT}>: no such user")
+    port = free_port()
+    controller = Controller(collector, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        with pytest.raises(DeliveryError) as info:
+            await deliver(
+                outgoing(),
+                smtp_url=f"smtp://127.0.0.1:{port}",
+                mail_dir=tmp_path,
+                mail_from=MAIL_FROM,
+            )
+    finally:
+        controller.stop()
+    assert info.value.permanent
+    assert info.value.code == 550
+    assert "550" in str(info.value)
+    assert RECIPIENT not in str(info.value)
+
+
+@pytest.mark.anyio
+async def test_bad_smtp_url_raises_without_password(tmp_path: Path) -> None:
+    with pytest.raises(DeliveryError) as info:
+        await deliver(
+            outgoing(),
+            smtp_url="http://user:s3cret@mail.example",
+            mail_dir=tmp_path,
+            mail_from=MAIL_FROM,
+        )
+    assert "s3cret" not in str(info.value)
+
+
+@pytest.mark.anyio
+async def test_header_injection_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(DeliveryError) as info:
+        await deliver(
+            outgoing(to=f"{RECIPIENT}\r\nBcc: other@example.org"),
+            smtp_url="",
+            mail_dir=tmp_path,
+            mail_from=MAIL_FROM,
+        )
+    assert info.value.permanent
+    assert RECIPIENT not in str(info.value)
+
+
+@pytest.mark.parametrize("message_id", ["", "../etc/passwd", "a/b", ".hidden", "a b"])
+def test_unsafe_message_id_is_refused(message_id: str) -> None:
+    with pytest.raises(ValueError, match="message_id"):
+        outgoing(message_id=message_id)
+
+
+# --- SMTP URL --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "host", "port", "use_tls", "start_tls", "username", "password"),
+    [
+        ("smtp://mail.example", "mail.example", 25, False, None, None, None),
+        ("smtp://mail.example:2525", "mail.example", 2525, False, None, None, None),
+        ("smtps://mail.example", "mail.example", 465, True, False, None, None),
+        ("smtp://mail.example:587?starttls=true", "mail.example", 587, False, True, None, None),
+        ("smtp://mail.example?starttls=false", "mail.example", 25, False, False, None, None),
+        (
+            "smtps://dsr%40example.org:p%40ss%3Aw%2Frd@mail.example:1465",
+            "mail.example",
+            1465,
+            True,
+            False,
+            "dsr@example.org",
+            "p@ss:w/rd",
+        ),
+        ("smtp://user:@mail.example", "mail.example", 25, False, None, "user", ""),
+    ],
+)
+def test_parse_smtp_url(
+    url: str,
+    host: str,
+    port: int,
+    use_tls: bool,
+    start_tls: bool | None,
+    username: str | None,
+    password: str | None,
+) -> None:
+    target = parse_smtp_url(url)
+    assert (target.hostname, target.port, target.use_tls, target.start_tls) == (
+        host,
+        port,
+        use_tls,
+        start_tls,
+    )
+    assert (target.username, target.password) == (username, password)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://mail.example",
+        "smtp://",
+        "smtp://mail.example:notaport",
+        "smtps://mail.example?starttls=true",
+        "smtp://mail.example?starttls=maybe",
+    ],
+)
+def test_parse_smtp_url_rejects(url: str) -> None:
+    with pytest.raises(ValueError, match="DSR_SMTP_URL"):
+        parse_smtp_url(url)
