@@ -35,9 +35,7 @@ def _tables(url: str) -> set[str]:
         engine = create_engine(url)
         try:
             async with engine.connect() as conn:
-                return set(
-                    await conn.run_sync(lambda sync: sync.dialect.get_table_names(sync))
-                )
+                return set(await conn.run_sync(lambda sync: sync.dialect.get_table_names(sync)))
         finally:
             await engine.dispose()
 

@@ -3,6 +3,7 @@ documents kept (encrypted) only until staff decide."""
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 from datetime import datetime, timedelta
@@ -72,7 +73,7 @@ async def reissue_code(
     elif row.sends_in_window >= settings.verification_resend_limit + 1:
         raise RateLimited(
             "too many codes were sent for this request; try again later",
-            retry_after=int((window_end - now).total_seconds()) + 1,
+            retry_after=math.ceil((window_end - now).total_seconds()),
         )
     code = _new_code()
     row.digest = sealer.code_digest(context=request_id, code=code)

@@ -20,7 +20,8 @@ class GiveUp:
 
 def backoff_ceiling(attempt: int, *, base: float, cap: float) -> float:
     """``min(cap, base * 2^(attempt-1))``: the upper bound of the jittered delay."""
-    return min(cap, base * 2 ** max(0, attempt - 1))
+    # A float exponent above 1023 overflows (OverflowError, not inf); the cap is long reached.
+    return min(cap, base * 2.0 ** min(max(0, attempt - 1), 1023))
 
 
 def decide(
