@@ -160,6 +160,12 @@ def cmd_audit_verify(_: argparse.Namespace) -> None:
         sys.exit(1)
 
 
+def cmd_demo(_: argparse.Namespace) -> None:
+    from app.demo import run_demo
+
+    run_demo()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dsr", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -185,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     openapi = sub.add_parser("openapi", help="print the OpenAPI document")
     openapi.add_argument("--write", action="store_true", help=f"write {OPENAPI_PATH}")
     openapi.set_defaults(func=cmd_openapi)
+
+    sub.add_parser("demo", help="a walkthrough on loopback, in a temporary directory").set_defaults(
+        func=cmd_demo
+    )
 
     audit = sub.add_parser("audit", help="audit chain tools")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)

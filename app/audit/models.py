@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Column, DateTime, Text
+from sqlalchemy import Column, Text
 from sqlmodel import Field, SQLModel
+
+from app.db import UtcDateTime
 
 
 class AuditEvent(SQLModel, table=True):
@@ -16,7 +18,7 @@ class AuditEvent(SQLModel, table=True):
     actor: str = Field(max_length=200)
     action: str = Field(max_length=80)
     details: str = Field(sa_column=Column(Text, nullable=False))
-    created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    created_at: datetime = Field(sa_column=Column(UtcDateTime(), nullable=False))
     prev_hash: str = Field(max_length=64)
     hash: str = Field(max_length=64)
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Column, DateTime
+from sqlalchemy import Column
 from sqlmodel import Field, SQLModel
+
+from app.db import UtcDateTime
 
 
 class VerificationCode(SQLModel, table=True):
@@ -14,11 +16,11 @@ class VerificationCode(SQLModel, table=True):
 
     request_id: str = Field(primary_key=True, max_length=40)
     digest: str = Field(max_length=64)
-    expires_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    expires_at: datetime = Field(sa_column=Column(UtcDateTime(), nullable=False))
     attempts_left: int
     burnt: bool = False
     sends_in_window: int = 1
-    window_started_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    window_started_at: datetime = Field(sa_column=Column(UtcDateTime(), nullable=False))
 
 
 class IdentityDocument(SQLModel, table=True):
@@ -28,4 +30,4 @@ class IdentityDocument(SQLModel, table=True):
     file_name: str = Field(max_length=80)
     content_type: str = Field(max_length=40)
     size_bytes: int
-    uploaded_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    uploaded_at: datetime = Field(sa_column=Column(UtcDateTime(), nullable=False))

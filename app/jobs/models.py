@@ -6,8 +6,10 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import Column, DateTime, Index, Text, text
+from sqlalchemy import Column, Index, Text, text
 from sqlmodel import Field, SQLModel
+
+from app.db import UtcDateTime
 
 
 class JobStatus(StrEnum):
@@ -18,7 +20,7 @@ class JobStatus(StrEnum):
 
 
 def _ts(*, nullable: bool) -> Column:  # type: ignore[type-arg]
-    return Column(DateTime(timezone=True), nullable=nullable)
+    return Column(UtcDateTime(), nullable=nullable)
 
 
 class Job(SQLModel, table=True):

@@ -110,7 +110,7 @@ async def extend_leases(
 async def _finish(
     session: AsyncSession, job: Job, *, worker_id: str, now: datetime, **values: Any
 ) -> bool:
-    result = await session.exec(
+    statement = (
         update(Job)
         .where(
             col(Job.id) == job.id,
@@ -119,7 +119,17 @@ async def _finish(
             col(Job.attempts) == job.attempts,
         )
         .values(updated_at=now, lease_owner=None, lease_expires_at=None, **values)
-    )  # type: ignore[call-overload]
+    )
+    if values.get("status") != JobStatus.queued or job.queueing_lock is None:
+        result = await session.exec(statement)  # type: ignore[call-overload]
+        return bool(result.rowcount)
+    # Back to the queue (retry, release): a copy queued while this one ran may hold the
+    # queueing lock. Neither may be lost, so this job gives its lock up and both stay queued.
+    try:
+        async with session.begin_nested():
+            result = await session.exec(statement)  # type: ignore[call-overload]
+    except IntegrityError:
+        result = await session.exec(statement.values(queueing_lock=None))  # type: ignore[call-overload]
     return bool(result.rowcount)
 
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import Column, DateTime, Text
+from sqlalchemy import Column, Text
 from sqlmodel import Field, SQLModel
+
+from app.db import UtcDateTime
 
 
 class OutboxStatus(StrEnum):
@@ -27,7 +29,5 @@ class OutboxMessage(SQLModel, table=True):
     sealed: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     attempts: int = 0
     last_error: str | None = Field(default=None, max_length=500)
-    created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
-    sent_at: datetime | None = Field(
-        default=None, sa_column=Column(DateTime(timezone=True), nullable=True)
-    )
+    created_at: datetime = Field(sa_column=Column(UtcDateTime(), nullable=False))
+    sent_at: datetime | None = Field(default=None, sa_column=Column(UtcDateTime(), nullable=True))

@@ -100,10 +100,11 @@ async def deliver_message(ctx: JobContext, job: Job) -> None:
             if message is not None:
                 message.attempts += 1
                 message.last_error = str(exc)[:500]
-                if job.attempts >= job.max_attempts:
+                # A 5xx for this very message gets the same answer every time: stop now.
+                if exc.permanent or job.attempts >= job.max_attempts:
                     message.status = OutboxStatus.failed
                 session.add(message)
-        raise JobError(f"delivery failed: {exc}") from exc
+        raise JobError(f"delivery failed: {exc}", permanent=exc.permanent) from exc
     async with ctx.session() as session:
         message = await session.get(OutboxMessage, message_id)
         if message is not None:

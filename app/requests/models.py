@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from sqlalchemy import Column, Date, DateTime, Index, Text
+from sqlalchemy import Column, Date, Index, Text
 from sqlmodel import Field, SQLModel
+
+from app.db import UtcDateTime
 
 
 def _ts(*, nullable: bool = True) -> Column:  # type: ignore[type-arg]
-    return Column(DateTime(timezone=True), nullable=nullable)
+    return Column(UtcDateTime(), nullable=nullable)
 
 
 class DsrRequest(SQLModel, table=True):

@@ -136,6 +136,9 @@ async def enter_request(
 ) -> dict:
     """A request received by another channel (e-mail, post, phone, in person); the deadline
     runs from ``received_at``, which may be in the past."""
+    if body.received_at.tzinfo is None:
+        # A naive instant has no defined local day: guessing could move the deadline a day.
+        raise InvalidInput.field(("body", "received_at"), "needs a time-zone offset")
     req = await service.create_staff_request(session, rt=rt, body=body, actor=actor(staff), now=now)
     await session.flush()
     return await views.staff_view(session, rt, req, now)

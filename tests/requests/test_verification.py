@@ -145,6 +145,10 @@ async def test_the_subject_view(service: Service) -> None:
     } <= set(view)
     assert view["export"] is None
     assert view["outcomes"] == []
+    # read back from the database, instants keep their offset (SQLite stores none)
+    assert view["received_at"] == filed["received_at"]
+    assert view["received_at"].endswith("Z")
+    assert view["due_at"].endswith("Z")
     assert "subject" not in view
     assert "ana@example.org" not in str(view)
 
