@@ -1,0 +1,133 @@
+"""The dsr command as people use it: a real server process on loopback, real HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.config import new_key
+from tests.fixtures.mail import code_in, free_port, read_mail_dir
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DSR_")}
+    env.update(
+        {
+            "DSR_DATA_DIR": str(tmp_path / "var"),
+            "DSR_DATABASE_URL": f"sqlite:///{tmp_path / 'dsr.db'}",
+            "DSR_DEFAULT_LANGUAGE": "en",
+            "DSR_WORKER_POLL_SECONDS": "0.1",
+            **extra,
+        }
+    )
+    return env
+
+
+def _dsr(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    port = free_port()
+    env = _env(tmp_path, DSR_PUBLIC_URL=f"http://127.0.0.1:{port}")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("dsr serve did not answer within 10 s")
+        yield base, env
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=20)
+        # uvicorn shuts down gracefully, then re-raises SIGTERM (as supervisors expect)
+        assert process.returncode in (0, -15), output
+        assert "jobs.worker_stopped" in output
+        assert "ana@example.org" not in output  # logs carry ids only
+
+
+def test_serve_migrates_and_answers_over_real_http(server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    base, env = server
+    filed = httpx.post(
+        f"{base}/v1/requests", json={"type": "access", "subject": {"email": "ana@example.org"}}
+    ).json()
+    mail_dir = tmp_path / "var" / "mail"
+    for _ in range(50):  # the worker inside the server delivers within a second or so
+        if read_mail_dir(mail_dir):
+            break
+        time.sleep(0.1)
+    code = code_in(read_mail_dir(mail_dir)[0])
+    auth = {"Authorization": f"Bearer {filed['status_token']}"}
+    verified = httpx.post(
+        f"{base}/v1/requests/{filed['id']}/verification", json={"code": code}, headers=auth
+    )
+    assert verified.status_code == 200, verified.text
+    for _ in range(50):
+        status = httpx.get(f"{base}/v1/requests/{filed['id']}", headers=auth).json()["status"]
+        if status == "completed":
+            break
+        time.sleep(0.1)
+    assert status == "completed"
+    token = _dsr("token", "--scope", "requests:read audit:read", env=env, cwd=tmp_path)
+    assert token.returncode == 0, token.stderr
+    staff = {"Authorization": f"Bearer {token.stdout.strip()}"}
+    detail = httpx.get(f"{base}/v1/admin/requests/{filed['id']}", headers=staff)
+    assert detail.status_code == 200
+    assert detail.json()["subject"]["email"] == "ana@example.org"
+    assert (
+        httpx.post(f"{base}/v1/admin/requests/{filed['id']}/cancel", headers=staff).status_code
+        == 403
+    )
+    verify = _dsr("audit", "verify", env=env, cwd=tmp_path)
+    assert verify.returncode == 0
+    assert json.loads(verify.stdout)["ok"] is True
+    assert (tmp_path / "var" / "secrets.json").stat().st_mode & 0o077 == 0
+
+
+def test_migrate_and_openapi(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    migrated = _dsr("migrate", env=env, cwd=tmp_path)
+    assert migrated.returncode == 0, migrated.stderr
+    again = _dsr("migrate", env=env, cwd=tmp_path)
+    assert again.returncode == 0
+    document = _dsr("openapi", env=env, cwd=tmp_path)
+    assert json.loads(document.stdout)["info"]["title"]
+
+
+def test_production_refuses_generated_secrets(tmp_path: Path) -> None:
+    env = _env(tmp_path, DSR_ENV="production")
+    refused = _dsr("migrate", env=env, cwd=tmp_path)
+    assert refused.returncode != 0
+    assert "DSR_ENCRYPTION_KEY" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    env.update(DSR_ENCRYPTION_KEY=new_key(), DSR_STAFF_JWT_SECRET=new_key())
+    assert _dsr("migrate", env=env, cwd=tmp_path).returncode == 0
