@@ -5,16 +5,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlmodel import col, select
-
 from app.audit import service as audit
 from app.deadlines.periods import reminders_due
 from app.jobs.models import Job
 from app.jobs.registry import periodic
 from app.jobs.worker import JobContext
 from app.notifications import service as mail
-from app.requests.models import DsrRequest
-from app.requests.states import OPEN
+from app.requests import service as requests
 
 REMIND_KIND = "deadlines.remind"
 
@@ -27,12 +24,7 @@ async def remind(ctx: JobContext, job: Job) -> None:
         return
     horizon = now.astimezone(settings.tz).date() + timedelta(days=max(thresholds))
     async with ctx.session() as session:
-        rows = await session.exec(
-            select(DsrRequest)
-            .where(col(DsrRequest.status).in_(list(OPEN)), col(DsrRequest.due_date) <= horizon)
-            .with_for_update(skip_locked=True)
-        )
-        for req in rows.all():
+        for req in await requests.open_due_by(session, horizon=horizon):
             sent = {int(x) for x in req.reminders_sent.split(",") if x}
             due = reminders_due(
                 due_date=req.due_date,

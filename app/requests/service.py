@@ -711,6 +711,17 @@ async def expire_unverified(
     return count
 
 
+async def open_due_by(session: AsyncSession, *, horizon: date) -> list[DsrRequest]:
+    """Open requests due on or before ``horizon`` (the reminder sweep's candidates), locked
+    so that two sweeping workers do not remind twice."""
+    rows = await session.exec(
+        select(DsrRequest)
+        .where(col(DsrRequest.status).in_(list(OPEN)), col(DsrRequest.due_date) <= horizon)
+        .with_for_update(skip_locked=True)
+    )
+    return list(rows.all())
+
+
 async def duplicates_of(session: AsyncSession, req: DsrRequest) -> list[str]:
     """Other open requests of the same person (by keyed hash of the e-mail)."""
     rows = await session.exec(

@@ -108,7 +108,9 @@ async def test_extension_to_three_months_with_the_reason_mailed(service: Service
     assert "30 April 2025" in body_of(mail)
 
 
-@pytest.mark.parametrize("settings_overrides", [{"review_types": ["access"]}])
+@pytest.mark.parametrize(
+    "settings_overrides", [{"review_types": ["access"], "staff_email": "dpo@example.org"}]
+)
 async def test_reminders_at_7_and_2_days(service: Service) -> None:
     service.clock.at = datetime(2026, 3, 10, 9, 0, tzinfo=UTC)
     filed = await service.file_verified()  # waits for review; due Fri 10 Apr 2026
@@ -128,3 +130,8 @@ async def test_reminders_at_7_and_2_days(service: Service) -> None:
     service.clock.at = datetime(2026, 4, 8, 9, 0, tzinfo=UTC)  # 2 days left
     await service.run_periodic()
     assert [e["details"]["thresholds"] for e in await reminders()] == [[7], [2]]
+    await service.run_jobs()
+    to_staff = service.mails("dpo@example.org")
+    assert len(to_staff) == 2
+    assert filed["id"] in body_of(to_staff[0])
+    assert "ana@example.org" not in body_of(to_staff[0])
