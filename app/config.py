@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import secrets
+import tempfile
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
@@ -192,15 +193,18 @@ def _load_or_create_dev_secrets(data_dir: Path) -> dict[str, str]:
     stored = {**wanted, **stored}
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / SECRETS_FILE
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # A temp file of our own (mode 0600): two processes starting together never share one.
+    fd, tmp_name = tempfile.mkstemp(dir=data_dir, prefix=".secrets.", suffix=".tmp")
+    tmp = Path(tmp_name)
     with os.fdopen(fd, "w") as handle:
         json.dump(stored, handle)
     # Another process may have raced us: the first file written wins, everyone reads it back.
     try:
         os.link(tmp, path)
     except FileExistsError:
-        pass
+        # A file that lacks a secret (an older version wrote it) is completed, keeping its values.
+        if not all(name in _read_dev_secrets(data_dir) for name in wanted):
+            os.replace(tmp, path)
     tmp.unlink(missing_ok=True)
     return _read_dev_secrets(data_dir)
 

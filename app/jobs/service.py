@@ -72,7 +72,6 @@ async def claim_due_jobs(
         .where(due)
         .order_by(col(Job.run_after))
         .limit(limit)
-        .with_for_update(skip_locked=True)
     )
     jobs = list((await session.exec(query)).all())
     lease_until = now + timedelta(seconds=lease_seconds)

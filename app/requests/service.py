@@ -336,8 +336,11 @@ def _new_request(
         created_at=now,
         updated_at=now,
         verification_method="none" if not needs_proof else method,
+        # The subject has a window to prove who they are; a check left to staff has none.
         verification_expires_at=(
-            now + timedelta(days=rt.settings.verification_window_days) if needs_proof else None
+            now + timedelta(days=rt.settings.verification_window_days)
+            if needs_proof and method != "staff"
+            else None
         ),
         identity_wait_started_at=received_at if needs_proof else None,
         # filled just below
@@ -376,10 +379,9 @@ async def create_staff_request(
             "identity_verified": body.identity_verified,
         },
     )
+    await _notify(session, rt, req, "acknowledgement", now=now)
     if body.identity_verified:
         await _identity_verified(session, rt, req, how="staff", by=actor, now=now)
-    else:
-        await _notify(session, rt, req, "acknowledgement", now=now)
     return req
 
 
@@ -404,7 +406,7 @@ async def _identity_verified(
         request_id=req.id,
         details={"method": how, "due_date": req.due_date.isoformat()},
     )
-    if how != "staff" or req.channel == "web":
+    if req.channel == "web":  # other channels were acknowledged when staff entered them
         await _notify(session, rt, req, "acknowledgement", now=now)
     if req.type in rt.settings.review_types:
         if req.status != S.pending_review:
