@@ -72,17 +72,29 @@ async def claim_due_jobs(
         .where(due)
         .order_by(col(Job.run_after))
         .limit(limit)
+        .with_for_update(skip_locked=True)
     )
     jobs = list((await session.exec(query)).all())
     lease_until = now + timedelta(seconds=lease_seconds)
+    claimed = []
     for job in jobs:
+        if job.status == JobStatus.running and job.attempts >= job.max_attempts:
+            # Its worker died on the last allowed attempt: a job that keeps killing its
+            # worker must not be retried for ever.
+            job.status = JobStatus.failed
+            job.last_error = f"worker lost during attempt {job.attempts} of {job.max_attempts}"
+            job.lease_owner = job.lease_expires_at = None
+            job.updated_at = now
+            session.add(job)
+            continue
+        claimed.append(job)
         job.status = JobStatus.running
         job.attempts += 1
         job.lease_owner = worker_id
         job.lease_expires_at = lease_until
         job.updated_at = now
         session.add(job)
-    return jobs
+    return claimed
 
 
 async def extend_leases(

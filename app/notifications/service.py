@@ -28,7 +28,7 @@ from app.notifications.templates import render
 log = logging.getLogger("dsr.notifications")
 
 DELIVER_KIND = "notifications.deliver"
-DELIVERY_ATTEMPTS = 60  # with a 10-minute cap: about ten hours of trying
+DELIVERY_ATTEMPTS = 60  # with a 10-minute cap and full jitter: about five hours of trying
 
 
 async def queue_mail(

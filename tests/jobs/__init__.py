@@ -1,0 +1,1 @@
+"""Tests of the job engine: retry decisions (pure), claim and lease, the worker loop."""
