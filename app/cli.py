@@ -10,7 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
-from app.config import ConfigurationError, load_settings
+from app.config import ConfigurationError, Settings, load_settings
 
 OPENAPI_PATH = Path("openapi/openapi.json")
 
@@ -39,7 +39,7 @@ def setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
-def _settings():  # type: ignore[no-untyped-def]
+def _settings() -> Settings:
     try:
         return load_settings()
     except ConfigurationError as exc:

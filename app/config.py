@@ -14,7 +14,7 @@ import secrets
 import tempfile
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator
@@ -209,6 +209,6 @@ def _load_or_create_dev_secrets(data_dir: Path) -> dict[str, str]:
     return _read_dev_secrets(data_dir)
 
 
-def load_settings(**overrides: object) -> Settings:
+def load_settings(**overrides: Any) -> Settings:
     """Settings from the environment, with secrets ensured (the one way the app gets them)."""
-    return Settings(**overrides).ensure_secrets()  # type: ignore[arg-type]
+    return Settings(**overrides).ensure_secrets()

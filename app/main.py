@@ -7,12 +7,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import __version__
 from app.audit.router import router as audit_router
@@ -36,7 +37,7 @@ def problem(status: int, title: str, detail: str, **extra: object) -> JSONRespon
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
 
 
-def _loc(raw: tuple | list) -> list:  # type: ignore[type-arg]
+def _loc(raw: tuple[Any, ...] | list[Any]) -> list[Any]:
     # pydantic adds the validator's name for tagged/annotated types; keep the field path
     return [part for part in raw if not (isinstance(part, str) and part.startswith("function-"))]
 
@@ -94,7 +95,7 @@ class BodyLimit:
             return
         seen = 0
 
-        async def limited_receive():  # type: ignore[no-untyped-def]
+        async def limited_receive() -> Message:
             nonlocal seen
             message = await receive()
             if message["type"] == "http.request":

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlmodel import select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.audit.models import AuditChainHead, AuditEvent
@@ -114,7 +114,7 @@ async def verify_chain(session: AsyncSession, *, batch: int = 5000) -> ChainRepo
             await session.exec(
                 select(AuditEvent)
                 .where(AuditEvent.seq > last_seq)
-                .order_by(AuditEvent.seq)
+                .order_by(col(AuditEvent.seq))
                 .limit(batch)
             )
         ).all()
@@ -152,6 +152,6 @@ async def verify_chain(session: AsyncSession, *, batch: int = 5000) -> ChainRepo
 
 async def events_for_request(session: AsyncSession, request_id: str) -> list[AuditEvent]:
     rows = await session.exec(
-        select(AuditEvent).where(AuditEvent.request_id == request_id).order_by(AuditEvent.seq)
+        select(AuditEvent).where(AuditEvent.request_id == request_id).order_by(col(AuditEvent.seq))
     )
     return list(rows.all())

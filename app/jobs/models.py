@@ -19,7 +19,7 @@ class JobStatus(StrEnum):
     failed = "failed"  # gave up: permanent error or attempts exhausted
 
 
-def _ts(*, nullable: bool) -> Column:  # type: ignore[type-arg]
+def _ts(*, nullable: bool) -> Column:
     return Column(UtcDateTime(), nullable=nullable)
 
 

@@ -115,7 +115,7 @@ async def extend_leases(
             col(Job.status) == JobStatus.running,
         )
         .values(lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now)
-    )  # type: ignore[call-overload]
+    )
 
 
 async def _finish(
@@ -132,15 +132,15 @@ async def _finish(
         .values(updated_at=now, lease_owner=None, lease_expires_at=None, **values)
     )
     if values.get("status") != JobStatus.queued or job.queueing_lock is None:
-        result = await session.exec(statement)  # type: ignore[call-overload]
+        result = await session.exec(statement)
         return bool(result.rowcount)
     # Back to the queue (retry, release): a copy queued while this one ran may hold the
     # queueing lock. Neither may be lost, so this job gives its lock up and both stay queued.
     try:
         async with session.begin_nested():
-            result = await session.exec(statement)  # type: ignore[call-overload]
+            result = await session.exec(statement)
     except IntegrityError:
-        result = await session.exec(statement.values(queueing_lock=None))  # type: ignore[call-overload]
+        result = await session.exec(statement.values(queueing_lock=None))
     return bool(result.rowcount)
 
 

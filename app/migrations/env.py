@@ -15,7 +15,10 @@ config = context.config
 
 
 def _url() -> str:
-    return config.attributes.get("database_url") or config.get_main_option("sqlalchemy.url")
+    url = config.attributes.get("database_url") or config.get_main_option("sqlalchemy.url")
+    if not url:
+        raise RuntimeError("migrations need a database URL (app.migrate.alembic_config sets it)")
+    return str(url)
 
 
 def _run(connection: Connection) -> None:

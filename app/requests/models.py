@@ -11,7 +11,7 @@ from sqlmodel import Field, SQLModel
 from app.db import UtcDateTime
 
 
-def _ts(*, nullable: bool = True) -> Column:  # type: ignore[type-arg]
+def _ts(*, nullable: bool = True) -> Column:
     return Column(UtcDateTime(), nullable=nullable)
 
 

@@ -10,6 +10,7 @@ from datetime import date, datetime, timedelta
 from sqlalchemy import func
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
+from sqlmodel.sql.expression import SelectOfScalar
 
 from app.kit.clock import utc
 from app.requests.models import DsrRequest
@@ -26,7 +27,9 @@ class RequestFilter:
     received_after: datetime | None = None
 
 
-def _filtered(query, flt: RequestFilter, now: datetime):  # type: ignore[no-untyped-def]
+def _filtered(
+    query: SelectOfScalar[DsrRequest], flt: RequestFilter, now: datetime
+) -> SelectOfScalar[DsrRequest]:
     if flt.status is not None:
         query = query.where(col(DsrRequest.status) == flt.status)
     if flt.type is not None:

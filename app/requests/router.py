@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request, UploadFile
 from sqlalchemy.exc import IntegrityError
@@ -16,8 +16,10 @@ from app.security.staff import intake_verifier
 
 router = APIRouter(prefix="/v1/requests", tags=["requests"])
 
-PROBLEM = {"model": None, "content": {"application/problem+json": {}}}
-ERRORS = {status: PROBLEM for status in (401, 404, 409, 413, 415, 422, 429, 503)}
+PROBLEM: dict[str, Any] = {"model": None, "content": {"application/problem+json": {}}}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: PROBLEM for status in (401, 404, 409, 413, 415, 422, 429, 503)
+}
 
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)]
 

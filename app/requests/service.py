@@ -315,7 +315,11 @@ def _new_request(
         key: value
         for key, value in {
             "details": body.details,
-            "rectifications": body.rectifications and [r.model_dump() for r in body.rectifications],
+            "rectifications": (
+                None
+                if body.rectifications is None
+                else [r.model_dump() for r in body.rectifications]
+            ),
             "objection": body.objection and body.objection.model_dump(),
         }.items()
         if value is not None

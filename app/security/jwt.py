@@ -180,7 +180,14 @@ class JwtVerifier:
             raise Unauthorized(INVALID_TOKEN)
         if kid is not None and not isinstance(kid, str):
             raise Unauthorized(INVALID_TOKEN)
-        key = self._hmac_key if alg in SYMMETRIC_ALGORITHMS else await self._public_key(alg, kid)
+        key: Key
+        if alg in SYMMETRIC_ALGORITHMS:
+            # ``allowed`` has HMAC algorithms only when the key is set; fail closed regardless.
+            if self._hmac_key is None:
+                raise Unauthorized(INVALID_TOKEN)
+            key = self._hmac_key
+        else:
+            key = await self._public_key(alg, kid)
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import date, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.deadlines import (
     NoExtension,
@@ -25,6 +26,7 @@ from app.jobs import service as jobs
 from app.kit.clock import rfc3339, utc
 from app.kit.crypto import normalise_email
 from app.requests import repository, service, views
+from app.requests.models import DsrRequest
 from app.requests.schemas import (
     DeadlinePreview,
     ExtendIn,
@@ -36,12 +38,13 @@ from app.requests.schemas import (
     Stats,
 )
 from app.requests.states import RequestStatus, RequestType
+from app.runtime import Runtime
 from app.security.staff import StaffPrincipal, require_scopes
 
 router = APIRouter(prefix="/v1/admin", tags=["staff"])
 
-PROBLEM = {"model": None, "content": {"application/problem+json": {}}}
-ERRORS = {status: PROBLEM for status in (401, 403, 404, 409, 422)}
+PROBLEM: dict[str, Any] = {"model": None, "content": {"application/problem+json": {}}}
+ERRORS: dict[int | str, dict[str, Any]] = {status: PROBLEM for status in (401, 403, 404, 409, 422)}
 
 Reader = Annotated[StaffPrincipal, Depends(require_scopes("requests:read"))]
 Writer = Annotated[StaffPrincipal, Depends(require_scopes("requests:write"))]
@@ -85,7 +88,7 @@ async def list_requests(
     received_after: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=40)] = None,
-):  # type: ignore[no-untyped-def]
+) -> StreamingResponse | dict[str, Any]:
     """Requests, newest first, filtered; ``Accept: text/csv`` streams every match as a CSV
     report (no identity values in it)."""
     if received_after is not None and received_after.tzinfo is None:
@@ -108,7 +111,9 @@ async def list_requests(
     return {"items": [views.list_item(rt, row, now) for row in rows], "next_cursor": next_cursor}
 
 
-async def _csv(session, rt, flt, now) -> AsyncIterator[str]:  # type: ignore[no-untyped-def]
+async def _csv(
+    session: AsyncSession, rt: Runtime, flt: repository.RequestFilter, now: datetime
+) -> AsyncIterator[str]:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(CSV_COLUMNS)
@@ -154,7 +159,13 @@ async def get_request(
     return await views.staff_view(session, rt, req, now)
 
 
-async def _act(session, rt, request_id, now, action) -> dict:  # type: ignore[no-untyped-def]
+async def _act(
+    session: AsyncSession,
+    rt: Runtime,
+    request_id: str,
+    now: datetime,
+    action: Callable[[DsrRequest], Awaitable[object]],
+) -> dict[str, Any]:
     req = await service.get_for_staff(session, request_id, lock=True)
     await action(req)
     await session.flush()
@@ -257,7 +268,12 @@ async def reject_identity(
         request_id,
         now,
         lambda req: service.reject_identity(
-            session, rt=rt, req=req, actor=actor(staff), now=now, note=body and body.note
+            session,
+            rt=rt,
+            req=req,
+            actor=actor(staff),
+            now=now,
+            note=None if body is None else body.note,
         ),
     )
 
