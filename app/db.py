@@ -8,7 +8,7 @@ land together or not at all. Services never commit.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -72,9 +72,12 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         engine = create_async_engine(target, connect_args={"timeout": 30}, **kwargs)
         _tune_sqlite(engine)
         return engine
-    kwargs.setdefault("pool_size", 10)
-    kwargs.setdefault("max_overflow", 20)
-    kwargs.setdefault("pool_pre_ping", True)
+    # Enough pooled connections for a busy process: overflow connections are closed when
+    # returned, and opening one costs more than most requests. No pre-ping (a round trip per
+    # request); stale connections are recycled instead.
+    kwargs.setdefault("pool_size", 32)
+    kwargs.setdefault("max_overflow", 16)
+    kwargs.setdefault("pool_recycle", 1800)
     return create_async_engine(target, **kwargs)
 
 
@@ -101,13 +104,35 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
 
 
+BEFORE_COMMIT = "dsr.before_commit"
+Hook = Callable[[AsyncSession], Awaitable[None]]
+
+
+def before_commit(session: AsyncSession, key: str, hook: Hook) -> None:
+    """Run ``hook`` once, just before this unit of work commits (the audit chain appends its
+    events there, so its lock is held for the shortest time)."""
+    session.info.setdefault(BEFORE_COMMIT, {}).setdefault(key, hook)
+
+
+async def commit(session: AsyncSession) -> None:
+    hooks: dict[str, Hook] = session.info.pop(BEFORE_COMMIT, {})
+    for hook in hooks.values():
+        await hook(session)
+    await session.commit()
+
+
+async def rollback(session: AsyncSession) -> None:
+    session.info.pop(BEFORE_COMMIT, None)
+    await session.rollback()
+
+
 @asynccontextmanager
 async def session_scope(factory: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
     """One unit of work: commit at the end, roll back on error."""
     async with factory() as session:
         try:
             yield session
-            await session.commit()
+            await commit(session)
         except BaseException:
-            await session.rollback()
+            await rollback(session)
             raise

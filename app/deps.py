@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.db import commit, rollback
 from app.errors import Unauthorized
 from app.runtime import Runtime
 
@@ -31,12 +32,12 @@ async def get_session(rt: RuntimeDep) -> AsyncIterator[AsyncSession]:
             yield session
         except BaseException as exc:
             if getattr(exc, "keeps_changes", False):
-                await session.commit()
+                await commit(session)
             else:
-                await session.rollback()
+                await rollback(session)
             raise
         else:
-            await session.commit()
+            await commit(session)
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session)]

@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import text
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.audit.models import AuditChainHead, AuditEvent
+from app.db import before_commit
 from app.kit.clock import rfc3339
 
 GENESIS = "0" * 64
@@ -43,6 +45,9 @@ def event_hash(
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+PENDING = "dsr.audit.pending"
+
+
 async def record(
     session: AsyncSession,
     *,
@@ -51,41 +56,51 @@ async def record(
     now: datetime,
     request_id: str | None = None,
     details: dict[str, Any] | None = None,
-) -> AuditEvent:
-    """Append one event to the chain (in the caller's transaction)."""
-    head = (
-        await session.exec(
-            select(AuditChainHead).where(AuditChainHead.id == HEAD_ID).with_for_update()
-        )
-    ).one_or_none()
-    if head is None:
-        head = AuditChainHead(id=HEAD_ID, seq=0, hash=GENESIS)
-        session.add(head)
+) -> None:
+    """Add one event to the chain, in the caller's unit of work. Events are linked and
+    written just before the unit of work commits (``append_pending``), so the chain head is
+    locked only for the last statements of the transaction."""
     body = json.dumps(details or {}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    seq = head.seq + 1
-    digest = event_hash(
-        seq=seq,
-        prev_hash=head.hash,
-        created_at=now,
-        actor=actor,
-        action=action,
-        request_id=request_id,
-        details=body,
+    session.info.setdefault(PENDING, []).append(
+        {
+            "request_id": request_id,
+            "actor": actor,
+            "action": action,
+            "details": body,
+            "created_at": now,
+        }
     )
-    event = AuditEvent(
-        seq=seq,
-        request_id=request_id,
-        actor=actor,
-        action=action,
-        details=body,
-        created_at=now,
-        prev_hash=head.hash,
-        hash=digest,
-    )
-    head.seq, head.hash = seq, digest
-    session.add(event)
-    session.add(head)
-    return event
+    before_commit(session, "audit", append_pending)
+
+
+async def append_pending(session: AsyncSession) -> None:
+    """Link the unit of work's pending events to the chain and write them."""
+    pending: list[dict[str, Any]] = session.info.pop(PENDING, [])
+    if not pending:
+        return
+    await session.flush()  # the rest of the work first: the head lock is taken last
+    conn = await session.connection()
+    postgres = conn.dialect.name == "postgresql"
+    lock = " FOR UPDATE" if postgres else ""
+    head = (
+        await conn.execute(text(f"SELECT seq, hash FROM audit_chain_head WHERE id = 1{lock}"))
+    ).one_or_none()
+    seq, prev = (head[0], head[1]) if head is not None else (0, GENESIS)
+    rows = []
+    for event in pending:
+        seq += 1
+        digest = event_hash(seq=seq, prev_hash=prev, **event)
+        rows.append({**event, "seq": seq, "prev_hash": prev, "hash": digest})
+        prev = digest
+    if head is None:
+        await conn.execute(
+            text("INSERT INTO audit_chain_head (id, seq, hash) VALUES (1, 0, :hash)"),
+            {"hash": GENESIS},
+        )
+    insert = AuditEvent.__table__.insert()  # type: ignore[attr-defined]
+    move_head = text("UPDATE audit_chain_head SET seq = :seq, hash = :hash WHERE id = 1")
+    await conn.execute(insert, rows)
+    await conn.execute(move_head, {"seq": seq, "hash": prev})
 
 
 @dataclass(frozen=True)
@@ -151,6 +166,7 @@ async def verify_chain(session: AsyncSession, *, batch: int = 5000) -> ChainRepo
 
 
 async def events_for_request(session: AsyncSession, request_id: str) -> list[AuditEvent]:
+    await append_pending(session)  # this unit of work's own events are part of the trail
     rows = await session.exec(
         select(AuditEvent).where(AuditEvent.request_id == request_id).order_by(col(AuditEvent.seq))
     )
