@@ -1,5 +1,6 @@
 """Annotated dependencies shared by routers: the runtime, the unit of work, the time, the
-subject's status token."""
+subject's status token. All are ``async def``: FastAPI runs plain ``def`` dependencies in a
+thread pool, a hand-off that costs more than the work they do."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from app.errors import Unauthorized
 from app.runtime import Runtime
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime
 
 
@@ -43,7 +44,7 @@ async def get_session(rt: RuntimeDep) -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 
 
-def get_now(rt: RuntimeDep) -> datetime:
+async def get_now(rt: RuntimeDep) -> datetime:
     return rt.clock.now()
 
 
@@ -56,7 +57,7 @@ _status_bearer = HTTPBearer(
 )
 
 
-def get_status_token(
+async def get_status_token(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_status_bearer)],
 ) -> str:
     # A missing token is a 401; a wrong one is the same 404 as an unknown id.

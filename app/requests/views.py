@@ -71,7 +71,12 @@ async def staff_view(
     content = service.content_of(rt, req)
     deadline = service.deadline_of(rt, req, now=now)
     regime = get_regime(req.jurisdiction)
-    document = await identity.document_for(session, req.id)
+    # Only document-verified requests can hold a document: skip the lookup for the others.
+    document = (
+        await identity.document_for(session, req.id)
+        if req.verification_method == "document"
+        else None
+    )
     events = await audit.events_for_request(session, req.id)
     return {
         "id": req.id,
