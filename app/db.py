@@ -104,6 +104,19 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
 
 
+def read_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions for answers that only read. On PostgreSQL they run in autocommit: each
+    statement already sees its own committed snapshot under READ COMMITTED, so BEGIN and
+    COMMIT would only add two round trips. SQLite keeps ordinary transactions."""
+    if is_sqlite(engine):
+        return session_factory(engine)
+    return async_sessionmaker(
+        engine.execution_options(isolation_level="AUTOCOMMIT"),
+        class_=AsyncSession,
+        expire_on_commit=False,
+    )
+
+
 BEFORE_COMMIT = "dsr.before_commit"
 Hook = Callable[[AsyncSession], Awaitable[None]]
 

@@ -44,6 +44,15 @@ async def get_session(rt: RuntimeDep) -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 
 
+async def get_read_session(rt: RuntimeDep) -> AsyncIterator[AsyncSession]:
+    """A session for routes that only read: nothing to commit."""
+    async with rt.read_sessions() as session:
+        yield session
+
+
+ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session)]
+
+
 async def get_now(rt: RuntimeDep) -> datetime:
     return rt.clock.now()
 

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.config import Settings, decode_key
-from app.db import create_engine, session_factory, session_scope
+from app.db import create_engine, read_session_factory, session_factory, session_scope
 from app.kit.clock import Clock
 from app.kit.crypto import Sealer
 
@@ -24,6 +24,7 @@ class Runtime:
     clock: Clock
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
+    read_sessions: async_sessionmaker[AsyncSession]
     http: httpx.AsyncClient
     sealer: Sealer
     extras: dict[str, Any] = field(default_factory=dict)
@@ -46,6 +47,7 @@ def build_runtime(settings: Settings, *, clock: Clock | None = None) -> Runtime:
         clock=clock or Clock(),
         engine=engine,
         sessions=session_factory(engine),
+        read_sessions=read_session_factory(engine),
         http=httpx.AsyncClient(timeout=httpx.Timeout(10.0), follow_redirects=False),
         sealer=Sealer(decode_key(settings.encryption_key)),
     )

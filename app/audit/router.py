@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 
 from app.audit import service
-from app.deps import SessionDep
+from app.deps import ReadSessionDep
 from app.security.staff import StaffPrincipal, require_scopes
 
 router = APIRouter(prefix="/v1/admin/audit", tags=["audit"])
@@ -16,7 +16,7 @@ Auditor = Annotated[StaffPrincipal, Depends(require_scopes("audit:read"))]
 
 
 @router.get("/verify")
-async def verify(staff: Auditor, session: SessionDep) -> dict:
+async def verify(staff: Auditor, session: ReadSessionDep) -> dict:
     """Recompute the whole hash chain: ``{"ok": true, "events": n}``, or the first broken
     event (``broken_at``) and why."""
     report = await service.verify_chain(session)

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Request, UploadFile
 from sqlalchemy.exc import IntegrityError
 
-from app.deps import Now, RuntimeDep, SessionDep, StatusToken
+from app.deps import Now, ReadSessionDep, RuntimeDep, SessionDep, StatusToken
 from app.errors import Conflict, NotFound
 from app.identity import service as identity
 from app.requests import service, views
@@ -76,7 +76,7 @@ def _bearer(header: str | None) -> str | None:
 
 
 @router.get("/{request_id}", response_model=SubjectView, responses=ERRORS)
-async def get_request(request_id: str, token: StatusToken, session: SessionDep) -> dict:
+async def get_request(request_id: str, token: StatusToken, session: ReadSessionDep) -> dict:
     """The request's status, deadline and answer, as the subject sees it."""
     req = await service.get_for_subject(session, request_id=request_id, token=token)
     return views.subject_view(req)

@@ -20,7 +20,7 @@ from app.deadlines import (
     compute_deadline,
     get_regime,
 )
-from app.deps import Now, RuntimeDep, SessionDep
+from app.deps import Now, ReadSessionDep, RuntimeDep, SessionDep
 from app.errors import InvalidInput, NotFound
 from app.jobs import service as jobs
 from app.kit.clock import rfc3339, utc
@@ -78,7 +78,7 @@ async def list_requests(
     request: Request,
     staff: Reader,
     rt: RuntimeDep,
-    session: SessionDep,
+    session: ReadSessionDep,
     now: Now,
     status: RequestStatus | None = None,
     type: RequestType | None = None,
@@ -151,7 +151,7 @@ async def enter_request(
 
 @router.get("/requests/{request_id}", response_model=StaffView, responses=ERRORS)
 async def get_request(
-    request_id: str, staff: Reader, rt: RuntimeDep, session: SessionDep, now: Now
+    request_id: str, staff: Reader, rt: RuntimeDep, session: ReadSessionDep, now: Now
 ) -> dict:
     """Everything about a request: subject, verification, the deadline and how it was
     reached, jobs and the audit trail."""
@@ -338,7 +338,7 @@ async def preview_deadline(
 
 
 @router.get("/stats", response_model=Stats, responses=ERRORS)
-async def stats(staff: Reader, rt: RuntimeDep, session: SessionDep, now: Now) -> dict:
+async def stats(staff: Reader, rt: RuntimeDep, session: ReadSessionDep, now: Now) -> dict:
     """Counts by status and type, overdue, due within 7 days, median days to complete, and
     the job queue's state."""
     today = now.astimezone(rt.settings.tz).date()
