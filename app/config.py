@@ -40,6 +40,10 @@ class Settings(BaseSettings):
 
     env: Literal["development", "test", "production"] = "development"
     database_url: str = "sqlite:///./dsr.db"
+    # PostgreSQL connections per process: keep (processes x (pool + overflow)) under the
+    # server's max_connections.
+    db_pool_size: int = Field(20, ge=1)
+    db_max_overflow: int = Field(10, ge=0)
     public_url: str = "http://127.0.0.1:8000"
     data_dir: Path = Path("./var")
 

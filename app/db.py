@@ -51,6 +51,9 @@ class UtcDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+READ_ONLY = "dsr_read_only"
+
+
 def async_url(url: str) -> str:
     """Map the configured URL onto the async driver of its database."""
     parsed = make_url(url)
@@ -75,8 +78,8 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     # Enough pooled connections for a busy process: overflow connections are closed when
     # returned, and opening one costs more than most requests. No pre-ping (a round trip per
     # request); stale connections are recycled instead.
-    kwargs.setdefault("pool_size", 32)
-    kwargs.setdefault("max_overflow", 16)
+    kwargs.setdefault("pool_size", 20)
+    kwargs.setdefault("max_overflow", 10)
     kwargs.setdefault("pool_recycle", 1800)
     return create_async_engine(target, **kwargs)
 
@@ -95,9 +98,13 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        # BEGIN IMMEDIATE: every transaction here may write; taking the write lock at the
-        # start avoids SQLite's deadlock-on-upgrade between two readers turned writers.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # A unit of work may write: BEGIN IMMEDIATE takes the write lock at the start, which
+        # avoids SQLite's deadlock-on-upgrade between two readers turned writers. Read-only
+        # sessions take none, so reads do not queue behind each other and behind writes.
+        if conn.get_execution_options().get(READ_ONLY):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
@@ -107,11 +114,10 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
 def read_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     """Sessions for answers that only read. On PostgreSQL they run in autocommit: each
     statement already sees its own committed snapshot under READ COMMITTED, so BEGIN and
-    COMMIT would only add two round trips. SQLite keeps ordinary transactions."""
-    if is_sqlite(engine):
-        return session_factory(engine)
+    COMMIT would only add two round trips. On SQLite they begin without the write lock."""
+    options = {READ_ONLY: True} if is_sqlite(engine) else {"isolation_level": "AUTOCOMMIT"}
     return async_sessionmaker(
-        engine.execution_options(isolation_level="AUTOCOMMIT"),
+        engine.execution_options(**options),
         class_=AsyncSession,
         expire_on_commit=False,
     )

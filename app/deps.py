@@ -41,7 +41,9 @@ async def get_session(rt: RuntimeDep) -> AsyncIterator[AsyncSession]:
             await commit(session)
 
 
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
+# scope="function": the unit of work commits before the answer is sent, so a 2xx is never
+# sent for a transaction that then fails.
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 
 async def get_read_session(rt: RuntimeDep) -> AsyncIterator[AsyncSession]:
@@ -50,7 +52,7 @@ async def get_read_session(rt: RuntimeDep) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session)]
+ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session, scope="function")]
 
 
 async def get_now(rt: RuntimeDep) -> datetime:

@@ -41,7 +41,10 @@ class Runtime:
 
 
 def build_runtime(settings: Settings, *, clock: Clock | None = None) -> Runtime:
-    engine = create_engine(settings.database_url)
+    pool = {}
+    if not settings.database_url.startswith("sqlite"):
+        pool = {"pool_size": settings.db_pool_size, "max_overflow": settings.db_max_overflow}
+    engine = create_engine(settings.database_url, **pool)
     return Runtime(
         settings=settings,
         clock=clock or Clock(),

@@ -46,6 +46,7 @@ class Worker:
         self.lease_seconds = lease_seconds
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._in_flight: dict[str, Job] = {}
+        self._slot_freed = asyncio.Event()
         self._periodic_due: dict[str, float] = {}
 
     # --- one round -----------------------------------------------------------------------
@@ -101,6 +102,7 @@ class Worker:
             log.info("jobs.succeeded", extra={"job_id": job.id, "kind": job.kind})
         finally:
             self._in_flight.pop(job.id, None)
+            self._slot_freed.set()
 
     async def _failed(
         self, job: Job, error: str, *, permanent: bool, retry_after: float | None
@@ -168,6 +170,7 @@ class Worker:
         heartbeat = asyncio.create_task(self._heartbeat(stop))
         tasks: set[asyncio.Task[None]] = set()
         poll = self.ctx.settings.worker_poll_seconds
+        self._slot_freed = asyncio.Event()
         try:
             while not stop.is_set():
                 try:
@@ -180,9 +183,12 @@ class Worker:
                     task = asyncio.create_task(self._run(job))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
-                if not claimed or len(self._in_flight) >= self.concurrency:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), timeout=poll)
+                if len(self._in_flight) >= self.concurrency:
+                    # Full: go on the moment a job ends (jobs take milliseconds; a fixed
+                    # sleep here capped throughput at slots / poll).
+                    await self._pause(stop, self._slot_freed, timeout=poll)
+                elif not claimed:
+                    await self._pause(stop, None, timeout=poll)
         finally:
             if tasks:
                 _, pending = await asyncio.wait(tasks, timeout=grace_seconds)
@@ -192,6 +198,18 @@ class Worker:
             heartbeat.cancel()
             await asyncio.gather(heartbeat, return_exceptions=True)
             log.info("jobs.worker_stopped", extra={"worker_id": self.worker_id})
+
+    @staticmethod
+    async def _pause(stop: asyncio.Event, wake: asyncio.Event | None, *, timeout: float) -> None:
+        waiters = [asyncio.ensure_future(stop.wait())]
+        if wake is not None:
+            wake.clear()
+            waiters.append(asyncio.ensure_future(wake.wait()))
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
 
     async def _claim_free_slots(self) -> list[Job]:
         free = self.concurrency - len(self._in_flight)

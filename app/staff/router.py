@@ -103,7 +103,7 @@ async def list_requests(
     )
     if "text/csv" in request.headers.get("accept", ""):
         return StreamingResponse(
-            _csv(session, rt, flt, now),
+            _csv(rt, flt, now),
             media_type="text/csv",
             headers={"Content-Disposition": 'attachment; filename="requests.csv"'},
         )
@@ -111,19 +111,20 @@ async def list_requests(
     return {"items": [views.list_item(rt, row, now) for row in rows], "next_cursor": next_cursor}
 
 
-async def _csv(
-    session: AsyncSession, rt: Runtime, flt: repository.RequestFilter, now: datetime
-) -> AsyncIterator[str]:
+async def _csv(rt: Runtime, flt: repository.RequestFilter, now: datetime) -> AsyncIterator[str]:
+    """The report streams after the route has returned (and its session closed): it reads
+    through a session of its own, held only while it streams."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(CSV_COLUMNS)
-    async for req in repository.stream(session, flt, now=now):
-        item = views.list_item(rt, req, now)
-        writer.writerow([_cell(item[column]) for column in CSV_COLUMNS])
-        if buffer.tell() > 64 * 1024:
-            yield buffer.getvalue()
-            buffer.seek(0)
-            buffer.truncate()
+    async with rt.read_sessions() as session:
+        async for req in repository.stream(session, flt, now=now):
+            item = views.list_item(rt, req, now)
+            writer.writerow([_cell(item[column]) for column in CSV_COLUMNS])
+            if buffer.tell() > 64 * 1024:
+                yield buffer.getvalue()
+                buffer.seek(0)
+                buffer.truncate()
     yield buffer.getvalue()
 
 
