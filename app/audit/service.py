@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import insert, text, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -97,10 +97,15 @@ async def append_pending(session: AsyncSession) -> None:
             text("INSERT INTO audit_chain_head (id, seq, hash) VALUES (1, 0, :hash)"),
             {"hash": GENESIS},
         )
-    insert = AuditEvent.__table__.insert()  # type: ignore[attr-defined]
-    move_head = text("UPDATE audit_chain_head SET seq = :seq, hash = :hash WHERE id = 1")
-    await conn.execute(insert, rows)
-    await conn.execute(move_head, {"seq": seq, "hash": prev})
+    events = AuditEvent.__table__  # type: ignore[attr-defined]
+    heads = AuditChainHead.__table__  # type: ignore[attr-defined]
+    move_head = update(heads).where(heads.c.id == HEAD_ID).values(seq=seq, hash=prev)
+    if postgres:
+        # One round trip while the head is locked: WITH ins AS (INSERT ...) UPDATE head.
+        await conn.execute(move_head.add_cte(insert(events).values(rows).cte("ins")))
+    else:
+        await conn.execute(insert(events), rows)
+        await conn.execute(move_head)
 
 
 @dataclass(frozen=True)
