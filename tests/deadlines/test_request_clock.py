@@ -102,6 +102,9 @@ async def test_extension_to_three_months_with_the_reason_mailed(service: Service
     assert view["due_date"] == "2025-04-30"
     assert view["extended"] is True
     assert view["extension_reason"] == "many systems to search"
+    explanation = view["deadline_explanation"]
+    assert explanation["extended"] is True
+    assert any("extended period of 3 months" in step for step in explanation["steps"])
     await service.run_jobs()
     mail = service.mails("ana@example.org")[-1]
     assert "many systems to search" in body_of(mail)
