@@ -64,7 +64,7 @@ async def remind(ctx: JobContext, job: Job) -> None:
                         "request_id": req.id,
                         "request_type": req.type,
                         "status_url": "",
-                        "received_date": req.received_at.date(),
+                        "received_date": req.received_at.astimezone(settings.tz).date(),
                         "due_date": req.due_date,
                         "organisation": settings.organisation,
                         "days_left": days,

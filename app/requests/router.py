@@ -36,7 +36,6 @@ async def file_request(
     """File a rights request. An e-mail code is sent to the subject unless a trusted intake
     system vouches for them (``Authorization: Bearer <assertion>``). The answer is the same
     whether or not the e-mail is known to any system."""
-    body.check_type_fields()
     vouched_by = None
     assertion = _bearer(request.headers.get("authorization"))
     if assertion is not None:
