@@ -96,7 +96,11 @@ def cmd_worker(args: argparse.Namespace) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         try:
-            await Worker(runtime, concurrency=args.concurrency).run(stop)
+            await Worker(
+                runtime,
+                concurrency=args.concurrency or settings.worker_concurrency,
+                lease_seconds=settings.worker_lease_seconds,
+            ).run(stop)
         finally:
             await runtime.aclose()
 
@@ -177,7 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     worker = sub.add_parser("worker", help="run a job worker alone")
-    worker.add_argument("--concurrency", type=int, default=8)
+    worker.add_argument(
+        "--concurrency", type=int, default=0, help="jobs at once (default DSR_WORKER_CONCURRENCY)"
+    )
     worker.set_defaults(func=cmd_worker)
 
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)

@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     export_ttl_days: int = Field(30, ge=1)
     worker: Literal["on", "off"] = "on"
     worker_poll_seconds: float = Field(0.5, gt=0, le=5)
+    # Jobs one worker runs at once (connector calls mostly wait on the network).
+    worker_concurrency: int = Field(32, ge=1, le=1024)
+    # A job whose worker stops heartbeating is taken again by another worker after this.
+    worker_lease_seconds: float = Field(60, ge=1)
     retry_base_seconds: float = Field(2, gt=0)
     retry_cap_seconds: float = Field(600, gt=0)
 
@@ -85,7 +89,17 @@ class Settings(BaseSettings):
     document_max_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     reminder_days: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [7, 2])
 
-    @field_validator("review_types", "document_types", "reminder_days", mode="before")
+    # Connectors. The allow-list (host names, or CIDRs such as 10.0.0.0/8) is where to stop
+    # server-side request forgery: empty means any host.
+    connector_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    callback_timeout_seconds: float = Field(3600, gt=0)  # after a 202, call again after this
+    callback_max_bytes: int = Field(64 * 1024 * 1024, ge=1024)  # a signed result (POST)
+    upload_max_bytes: int = Field(5 * 1024**3, ge=1024)  # a streamed data upload (PUT)
+    secret_grace_hours: float = Field(24, ge=0)  # a rotated secret still signs callbacks
+
+    @field_validator(
+        "review_types", "document_types", "reminder_days", "connector_allowed_hosts", mode="before"
+    )
     @classmethod
     def _split_csv(cls, value: object) -> object:
         return _csv(value)
@@ -120,6 +134,11 @@ class Settings(BaseSettings):
     @property
     def documents_dir(self) -> Path:
         return self.data_dir / "documents"
+
+    @property
+    def results_dir(self) -> Path:
+        """Connector results (records sent for access and portability), encrypted."""
+        return self.data_dir / "results"
 
     @cached_property
     def generated_secrets(self) -> frozenset[str]:

@@ -133,15 +133,27 @@ def before_commit(session: AsyncSession, key: str, hook: Hook) -> None:
     session.info.setdefault(BEFORE_COMMIT, {}).setdefault(key, hook)
 
 
+AFTER_COMMIT = "dsr.after_commit"
+
+
+def after_commit(session: AsyncSession, key: str, hook: Callable[[], None]) -> None:
+    """Run ``hook`` once after this unit of work has committed (waking local job workers)."""
+    session.info.setdefault(AFTER_COMMIT, {}).setdefault(key, hook)
+
+
 async def commit(session: AsyncSession) -> None:
     hooks: dict[str, Hook] = session.info.pop(BEFORE_COMMIT, {})
     for hook in hooks.values():
         await hook(session)
     await session.commit()
+    done: dict[str, Callable[[], None]] = session.info.pop(AFTER_COMMIT, {})
+    for then in done.values():
+        then()
 
 
 async def rollback(session: AsyncSession) -> None:
     session.info.pop(BEFORE_COMMIT, None)
+    session.info.pop(AFTER_COMMIT, None)
     await session.rollback()
 
 

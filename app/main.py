@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app import __version__
 from app.audit.router import router as audit_router
 from app.config import Settings, load_settings
+from app.connectors.router import callbacks_router, registry_router
 from app.errors import AppError, PayloadTooLarge
 from app.jobs.worker import Worker
 from app.kit.clock import Clock
@@ -70,20 +71,38 @@ def install_error_handlers(app: FastAPI) -> None:
         return problem(500, "Internal error", "an unexpected error occurred; it was logged")
 
 
+CALLBACK_PREFIX = "/v1/connector-callbacks/"
+
+
 class BodyLimit:
     """Refuse oversized bodies (413) before they are read: JSON bodies are small; uploads
     have their own, larger limit."""
 
-    def __init__(self, app: ASGIApp, *, json_limit: int, upload_limit: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        json_limit: int,
+        upload_limit: int,
+        callback_limit: int,
+        data_limit: int,
+    ) -> None:
         self.app, self.json_limit, self.upload_limit = app, json_limit, upload_limit
+        self.callback_limit, self.data_limit = callback_limit, data_limit
+
+    def limit_for(self, scope: Scope, content_type: bytes) -> int:
+        path: str = scope.get("path", "")
+        if path.startswith(CALLBACK_PREFIX):
+            # Connectors' results may carry data; their uploads are streamed to disk.
+            return self.data_limit if path.endswith("/data") else self.callback_limit
+        return self.upload_limit if content_type.startswith(b"multipart/") else self.json_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
-        is_upload = headers.get(b"content-type", b"").startswith(b"multipart/")
-        limit = self.upload_limit if is_upload else self.json_limit
+        limit = self.limit_for(scope, headers.get(b"content-type", b""))
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             response = JSONResponse(
@@ -123,7 +142,11 @@ def create_app(
         stop = asyncio.Event()
         worker_task = None
         if with_worker:
-            worker = Worker(runtime, concurrency=8)
+            worker = Worker(
+                runtime,
+                concurrency=settings.worker_concurrency,
+                lease_seconds=settings.worker_lease_seconds,
+            )
             worker_task = asyncio.create_task(worker.run(stop))
         try:
             yield
@@ -141,9 +164,15 @@ def create_app(
     )
     install_error_handlers(app)
     app.add_middleware(
-        BodyLimit, json_limit=JSON_BODY_LIMIT, upload_limit=settings.document_max_bytes + 64 * 1024
+        BodyLimit,
+        json_limit=JSON_BODY_LIMIT,
+        upload_limit=settings.document_max_bytes + 64 * 1024,
+        callback_limit=settings.callback_max_bytes,
+        data_limit=settings.upload_max_bytes,
     )
     app.include_router(requests_router)
+    app.include_router(callbacks_router)
+    app.include_router(registry_router)
     app.include_router(staff_router)
     app.include_router(audit_router)
 

@@ -51,6 +51,12 @@ def build_runtime(settings: Settings, *, clock: Clock | None = None) -> Runtime:
         engine=engine,
         sessions=session_factory(engine),
         read_sessions=read_session_factory(engine),
-        http=httpx.AsyncClient(timeout=httpx.Timeout(10.0), follow_redirects=False),
+        http=httpx.AsyncClient(
+            timeout=httpx.Timeout(10.0),
+            follow_redirects=False,
+            # Connector calls run concurrently (per-connector limits apply on top).
+            limits=httpx.Limits(max_connections=256, max_keepalive_connections=128),
+            trust_env=False,
+        ),
         sealer=Sealer(decode_key(settings.encryption_key)),
     )

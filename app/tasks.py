@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def register_tasks() -> None:
+    import app.connectors.dispatch
     import app.deadlines.reminders
     import app.notifications.service
-    import app.requests.fanout
     import app.requests.sweeps  # noqa: F401

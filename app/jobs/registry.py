@@ -10,7 +10,18 @@ if TYPE_CHECKING:
     from app.jobs.models import Job
     from app.jobs.worker import JobContext
 
-Handler = Callable[["JobContext", "Job"], Awaitable[None]]
+Handler = Callable[["JobContext", "Job"], Awaitable[object]]
+
+
+class _Finished:
+    """Returned by a handler that recorded its job's end itself, inside the same unit of
+    work as the job's effects (``jobs.service.finish``), so the two commit together."""
+
+    def __repr__(self) -> str:
+        return "FINISHED"
+
+
+FINISHED = _Finished()
 
 
 @dataclass(frozen=True)

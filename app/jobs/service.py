@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.jobs import wakeup
 from app.jobs.models import Job, JobStatus
 from app.kit.ids import new_id
 
@@ -50,12 +51,13 @@ async def enqueue(
     )
     if queueing_lock is None:
         session.add(job)
-        return job
-    try:
-        async with session.begin_nested():
-            session.add(job)
-    except IntegrityError:
-        return None
+    else:
+        try:
+            async with session.begin_nested():
+                session.add(job)
+        except IntegrityError:
+            return None
+    wakeup.on_enqueue(session)
     return job
 
 
@@ -180,6 +182,31 @@ async def reschedule(
         status=JobStatus.queued,
         run_after=now + timedelta(seconds=delay_seconds),
         last_error=error[:ERROR_LIMIT] if error else None,
+    )
+
+
+async def finish(session: AsyncSession, job: Job, *, now: datetime) -> bool:
+    """Mark a job succeeded from inside its handler's unit of work (the handler then returns
+    ``FINISHED``). False when the job's lease was lost meanwhile: the caller should roll back."""
+    return await mark_succeeded(session, job, worker_id=job.lease_owner or "", now=now)
+
+
+async def fail(session: AsyncSession, job: Job, *, now: datetime, error: str) -> bool:
+    """Fail a job for good from inside its handler's unit of work."""
+    return await mark_failed(session, job, worker_id=job.lease_owner or "", now=now, error=error)
+
+
+async def retry_later(
+    session: AsyncSession, job: Job, *, now: datetime, delay_seconds: float, error: str
+) -> bool:
+    """Put a job back in the queue from inside its handler's unit of work."""
+    return await reschedule(
+        session,
+        job,
+        worker_id=job.lease_owner or "",
+        now=now,
+        delay_seconds=delay_seconds,
+        error=error,
     )
 
 

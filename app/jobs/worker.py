@@ -17,8 +17,9 @@ import socket
 from typing import Any
 
 from app.jobs import service as jobs
+from app.jobs import wakeup
 from app.jobs.models import Job
-from app.jobs.registry import HANDLERS, PERIODIC, JobError
+from app.jobs.registry import FINISHED, HANDLERS, PERIODIC, JobError
 from app.jobs.retry import GiveUp, decide
 from app.runtime import Runtime
 
@@ -46,7 +47,7 @@ class Worker:
         self.lease_seconds = lease_seconds
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._in_flight: dict[str, Job] = {}
-        self._slot_freed = asyncio.Event()
+        self._wake = asyncio.Event()
         self._periodic_due: dict[str, float] = {}
 
     # --- one round -----------------------------------------------------------------------
@@ -85,7 +86,7 @@ class Worker:
         try:
             if handler is None:
                 raise JobError(f"no handler for job kind {job.kind!r}", permanent=True)
-            await handler(self.ctx, job)
+            outcome = await handler(self.ctx, job)
         except asyncio.CancelledError:
             await self._release(job)
             raise
@@ -95,14 +96,15 @@ class Worker:
             log.exception("jobs.handler_crashed", extra={"job_id": job.id, "kind": job.kind})
             await self._failed(job, f"{type(exc).__name__}", permanent=False, retry_after=None)
         else:
-            async with self.ctx.session() as session:
-                await jobs.mark_succeeded(
-                    session, job, worker_id=self.worker_id, now=self.ctx.clock.now()
-                )
+            if outcome is not FINISHED:
+                async with self.ctx.session() as session:
+                    await jobs.mark_succeeded(
+                        session, job, worker_id=self.worker_id, now=self.ctx.clock.now()
+                    )
             log.info("jobs.succeeded", extra={"job_id": job.id, "kind": job.kind})
         finally:
             self._in_flight.pop(job.id, None)
-            self._slot_freed.set()
+            self._wake.set()
 
     async def _failed(
         self, job: Job, error: str, *, permanent: bool, retry_after: float | None
@@ -170,25 +172,26 @@ class Worker:
         heartbeat = asyncio.create_task(self._heartbeat(stop))
         tasks: set[asyncio.Task[None]] = set()
         poll = self.ctx.settings.worker_poll_seconds
-        self._slot_freed = asyncio.Event()
+        self._wake = asyncio.Event()
         try:
-            while not stop.is_set():
-                try:
-                    await self.enqueue_periodic()
-                    claimed = await self._claim_free_slots()
-                except Exception:
-                    log.exception("jobs.claim_failed")
-                    claimed = []
-                for job in claimed:
-                    task = asyncio.create_task(self._run(job))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-                if len(self._in_flight) >= self.concurrency:
-                    # Full: go on the moment a job ends (jobs take milliseconds; a fixed
-                    # sleep here capped throughput at slots / poll).
-                    await self._pause(stop, self._slot_freed, timeout=poll)
-                elif not claimed:
-                    await self._pause(stop, None, timeout=poll)
+            async with wakeup.subscribed(self.ctx.engine, self._wake):
+                while not stop.is_set():
+                    # Cleared before claiming: a wake-up that comes during the claim is kept.
+                    self._wake.clear()
+                    try:
+                        await self.enqueue_periodic()
+                        claimed = await self._claim_free_slots()
+                    except Exception:
+                        log.exception("jobs.claim_failed")
+                        claimed = []
+                    for job in claimed:
+                        task = asyncio.create_task(self._run(job))
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
+                    if not claimed or len(self._in_flight) >= self.concurrency:
+                        # Go on the moment a job ends or new work is queued (jobs take
+                        # milliseconds; a fixed sleep here capped throughput), else poll.
+                        await self._pause(stop, self._wake, timeout=poll)
         finally:
             if tasks:
                 _, pending = await asyncio.wait(tasks, timeout=grace_seconds)
@@ -203,7 +206,6 @@ class Worker:
     async def _pause(stop: asyncio.Event, wake: asyncio.Event | None, *, timeout: float) -> None:
         waiters = [asyncio.ensure_future(stop.wait())]
         if wake is not None:
-            wake.clear()
             waiters.append(asyncio.ensure_future(wake.wait()))
         try:
             await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)

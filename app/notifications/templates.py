@@ -36,6 +36,7 @@ TEMPLATE_NAMES: frozenset[str] = frozenset(
         "cancellation",
         "completion",
         "staff_reminder",
+        "staff_task",
     }
 )
 
@@ -139,6 +140,40 @@ REJECTION_REASON_WORDS: dict[str, dict[str, str]] = {
 }
 
 
+# What each system did, in plain words for the subject (status page and completion e-mail).
+OUTCOME_WORDS: dict[str, dict[str, str]] = {
+    "fr": {
+        "found": "nous détenons des données vous concernant ; elles figurent dans votre dossier",
+        "not_found": "aucune donnée vous concernant",
+        "erased": "vos données ont été effacées",
+        "retained": (
+            "vos données ont été effacées, sauf celles que la loi nous oblige à conserver "
+            "(détail ci-dessous)"
+        ),
+        "rectified": "vos données ont été rectifiées",
+        "restricted": "l'utilisation de vos données a été limitée",
+        "objection_applied": "votre opposition a été appliquée",
+    },
+    "en": {
+        "found": "we hold data about you; it is included in your file",
+        "not_found": "no data about you",
+        "erased": "your data was erased",
+        "retained": (
+            "your data was erased, except what the law obliges us to keep (details below)"
+        ),
+        "rectified": "your data was corrected",
+        "restricted": "the use of your data was restricted",
+        "objection_applied": "your objection was applied",
+    },
+}
+
+
+def outcome_summary(outcome: str | None, language: str | None, default: str) -> str:
+    """One system's outcome in plain words, in the subject's language."""
+    words = OUTCOME_WORDS[pick_language(language, default)]
+    return words.get(str(outcome), str(outcome))
+
+
 @dataclass(frozen=True)
 class RenderedMail:
     subject: str
@@ -194,6 +229,11 @@ def rejection_reason(context: Context, value: object) -> str:
     return words.get(str(value), words["other"])
 
 
+@pass_context
+def outcome_words(context: Context, value: object) -> str:
+    return OUTCOME_WORDS[_language_of(context)].get(str(value), str(value))
+
+
 def _build_environment() -> Environment:
     env = Environment(
         loader=PackageLoader("app.notifications", "templates"),
@@ -206,6 +246,7 @@ def _build_environment() -> Environment:
     env.filters["longdate"] = longdate
     env.filters["request_kind"] = request_kind
     env.filters["rejection_reason"] = rejection_reason
+    env.filters["outcome_words"] = outcome_words
     env.globals["default_authority_name"] = DEFAULT_AUTHORITY_NAME
     env.globals["default_authority_url"] = DEFAULT_AUTHORITY_URL
     return env

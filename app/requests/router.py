@@ -75,10 +75,12 @@ def _bearer(header: str | None) -> str | None:
 
 
 @router.get("/{request_id}", response_model=SubjectView, responses=ERRORS)
-async def get_request(request_id: str, token: StatusToken, session: ReadSessionDep) -> dict:
+async def get_request(
+    request_id: str, token: StatusToken, rt: RuntimeDep, session: ReadSessionDep
+) -> dict:
     """The request's status, deadline and answer, as the subject sees it."""
     req = await service.get_for_subject(session, request_id=request_id, token=token)
-    return views.subject_view(req)
+    return await views.subject_view(session, rt, req)
 
 
 @router.post("/{request_id}/verification", response_model=SubjectView, responses=ERRORS)
@@ -89,7 +91,7 @@ async def verify(
     422 with ``attempts_left``; after the last attempt the code is burnt (409)."""
     req = await service.get_for_subject(session, request_id=request_id, token=token)
     await service.verify_code(session, rt=rt, req=req, code=body.code, now=now)
-    return views.subject_view(req)
+    return await views.subject_view(session, rt, req)
 
 
 @router.post("/{request_id}/verification/resend", response_model=VerificationOut, responses=ERRORS)
@@ -116,7 +118,7 @@ async def upload_identity_document(
     asks for one. Stored encrypted; deleted as soon as staff decide."""
     req = await service.get_for_subject(session, request_id=request_id, token=token)
     await service.upload_document(session, rt=rt, req=req, upload=file, now=now)
-    return views.subject_view(req)
+    return await views.subject_view(session, rt, req)
 
 
 @router.get("/{request_id}/export", responses={**ERRORS, 410: PROBLEM})
@@ -135,4 +137,4 @@ async def cancel(
     """Withdraw the request (while it is not completed or rejected)."""
     req = await service.get_for_subject(session, request_id=request_id, token=token)
     await service.cancel(session, rt=rt, req=req, actor=service.SUBJECT, now=now)
-    return views.subject_view(req)
+    return await views.subject_view(session, rt, req)

@@ -120,10 +120,20 @@ class ExportOut(BaseModel):
     sha256: str | None = None
 
 
+class RetainedOut(BaseModel):
+    category: str
+    reason: str
+    legal_basis: str
+    until: date | None = None
+
+
 class OutcomeOut(BaseModel):
+    """One system's answer, in plain words for the subject."""
+
     system: str
     outcome: str
     summary: str
+    retained: list[RetainedOut] = []
 
 
 class IntakeOut(BaseModel):
@@ -202,7 +212,11 @@ class JobOut(BaseModel):
     attempts: int
     last_error: str | None
     outcome: str | None
-    retained: list[dict[str, Any]]
+    retained: list[RetainedOut]
+    data_files: int = 0
+    callback_deadline: datetime | None = None
+    updated_at: datetime
+    finished_at: datetime | None = None
 
 
 class StaffView(BaseModel):
@@ -278,3 +292,5 @@ class Stats(BaseModel):
     median_days_to_complete: float | None
     jobs_by_status: dict[str, int]
     oldest_waiting_job_at: datetime | None
+    engine_jobs_by_status: dict[str, int]
+    oldest_queued_engine_job_at: datetime | None

@@ -79,6 +79,13 @@ async def get_for_subject(session: AsyncSession, *, request_id: str, token: str)
     return req
 
 
+async def get_by_id(session: AsyncSession, request_id: str) -> DsrRequest:
+    req = await session.get(DsrRequest, request_id) if len(request_id) <= 40 else None
+    if req is None:
+        raise NotFound("no such request")
+    return req
+
+
 async def get_for_staff(
     session: AsyncSession, request_id: str, *, lock: bool = False
 ) -> DsrRequest:
@@ -565,13 +572,18 @@ async def _approve(
 ) -> None:
     _move(req, check_transition(req.status, S.in_progress, action="approve"), now=now)
     await audit.record(session, actor=actor, action="request.approved", now=now, request_id=req.id)
+    await queue_fan_out(session, request_id=req.id, now=now)
+
+
+async def queue_fan_out(session: AsyncSession, *, request_id: str, now: datetime) -> None:
+    """Send an approved request to its connectors (the connectors domain runs this job)."""
     await jobs.enqueue(
         session,
         FAN_OUT_KIND,
-        {"request_id": req.id},
+        {"request_id": request_id},
         now=now,
-        request_id=req.id,
-        queueing_lock=f"fan_out:{req.id}",
+        request_id=request_id,
+        queueing_lock=f"fan_out:{request_id}",
     )
 
 
@@ -687,6 +699,33 @@ async def complete(
         details={"systems": len(outcomes)},
     )
     await _notify(session, rt, req, "completion", now=now, outcomes=outcomes)
+    return req
+
+
+async def lock(session: AsyncSession, request_id: str) -> DsrRequest | None:
+    """The request, row-locked for the rest of the unit of work. Everything that settles a
+    request's status from its connector jobs takes this lock first, so two jobs finishing at
+    once cannot both miss that they were the last."""
+    return await session.get(DsrRequest, request_id, with_for_update=True)
+
+
+async def set_progress(
+    session: AsyncSession,
+    *,
+    req: DsrRequest,
+    status: RequestStatus,
+    now: datetime,
+    details: dict[str, Any] | None = None,
+) -> DsrRequest:
+    """``in_progress`` <-> ``action_required``: a connector job failed for good or waits on
+    staff, or staff dealt with it."""
+    if status not in (S.in_progress, S.action_required):
+        raise ValueError(f"set_progress does not move to {status}")
+    _move(req, check_transition(req.status, status, action="update"), now=now)
+    action = "request.action_required" if status == S.action_required else "request.resumed"
+    await audit.record(
+        session, actor=SYSTEM, action=action, now=now, request_id=req.id, details=details
+    )
     return req
 
 

@@ -9,9 +9,11 @@ from typing import Any
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.audit import service as audit
+from app.connectors import service as connectors
 from app.deadlines import days_left, get_regime, is_overdue
 from app.identity import service as identity
 from app.kit.clock import utc
+from app.notifications.templates import outcome_summary
 from app.requests import service
 from app.requests.models import DsrRequest
 from app.requests.states import OPEN, RequestStatus
@@ -24,7 +26,29 @@ def _verification(req: DsrRequest) -> dict[str, Any] | None:
     return {"method": req.verification_method, "expires_at": req.verification_expires_at}
 
 
-def subject_view(req: DsrRequest) -> dict[str, Any]:
+HAS_OUTCOMES = frozenset(
+    {RequestStatus.in_progress, RequestStatus.action_required, RequestStatus.completed}
+)
+
+
+async def outcomes_of(session: AsyncSession, rt: Runtime, req: DsrRequest) -> list[dict[str, Any]]:
+    """Each system that answered, in plain words in the request's language (no connector
+    internals: no URLs, errors or attempt counts)."""
+    if req.status not in HAS_OUTCOMES:
+        return []
+    return [
+        {
+            "system": connector.name,
+            "outcome": job.outcome,
+            "summary": outcome_summary(job.outcome, req.language, rt.settings.default_language),
+            "retained": json.loads(job.retained) if job.retained else [],
+        }
+        for job, connector in await connectors.jobs_for_request(session, req.id)
+        if job.status == "succeeded"
+    ]
+
+
+async def subject_view(session: AsyncSession, rt: Runtime, req: DsrRequest) -> dict[str, Any]:
     return {
         "id": req.id,
         "type": req.type,
@@ -36,7 +60,7 @@ def subject_view(req: DsrRequest) -> dict[str, Any]:
         "rejection_reason": req.rejection_reason,
         "verification": _verification(req),
         "export": None,
-        "outcomes": [],
+        "outcomes": await outcomes_of(session, rt, req),
     }
 
 
@@ -78,6 +102,7 @@ async def staff_view(
         else None
     )
     events = await audit.events_for_request(session, req.id)
+    pairs = await connectors.jobs_for_request(session, req.id)
     return {
         "id": req.id,
         "type": req.type,
@@ -127,8 +152,17 @@ async def staff_view(
         "closed_at": req.closed_at,
         "duplicates": await service.duplicates_of(session, req),
         "export": None,
-        "outcomes": [],
-        "jobs": [],
+        "outcomes": [
+            {
+                "system": connector.name,
+                "outcome": job.outcome,
+                "summary": outcome_summary(job.outcome, req.language, rt.settings.default_language),
+                "retained": json.loads(job.retained) if job.retained else [],
+            }
+            for job, connector in pairs
+            if job.status == "succeeded"
+        ],
+        "jobs": [connectors.job_view(job, connector) for job, connector in pairs],
         "events": [
             {
                 "seq": e.seq,

@@ -12,6 +12,9 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.connectors import dispatch
+from app.connectors import service as connectors
+from app.connectors.schemas import ConnectorResult
 from app.deadlines import (
     NoExtension,
     UnknownRegime,
@@ -21,7 +24,7 @@ from app.deadlines import (
     get_regime,
 )
 from app.deps import Now, ReadSessionDep, RuntimeDep, SessionDep
-from app.errors import InvalidInput, NotFound
+from app.errors import InvalidInput
 from app.jobs import service as jobs
 from app.kit.clock import rfc3339, utc
 from app.kit.crypto import normalise_email
@@ -285,19 +288,45 @@ async def reject_identity(
     response_model=StaffView,
     responses=ERRORS,
 )
-async def retry_job(request_id: str, job_id: str, staff: Writer, session: SessionDep) -> dict:
-    """Retry a connector job that failed for good."""
-    await service.get_for_staff(session, request_id)
-    raise NotFound("no such job for this request")
+async def retry_job(
+    request_id: str, job_id: str, staff: Writer, rt: RuntimeDep, session: SessionDep, now: Now
+) -> dict:
+    """Queue a connector job that failed for good again, with a fresh set of attempts (once
+    its system is fixed)."""
+    return await _act(
+        session,
+        rt,
+        request_id,
+        now,
+        lambda req: dispatch.retry_job(
+            session, rt=rt, req=req, job_id=job_id, actor=actor(staff), now=now
+        ),
+    )
 
 
 @router.post(
     "/requests/{request_id}/jobs/{job_id}/complete", response_model=StaffView, responses=ERRORS
 )
-async def complete_job(request_id: str, job_id: str, staff: Writer, session: SessionDep) -> dict:
-    """Enter a manual connector's outcome (same body as a connector result)."""
-    await service.get_for_staff(session, request_id)
-    raise NotFound("no such job for this request")
+async def complete_job(
+    request_id: str,
+    job_id: str,
+    body: ConnectorResult,
+    staff: Writer,
+    rt: RuntimeDep,
+    session: SessionDep,
+    now: Now,
+) -> dict:
+    """Enter a job's result by hand (same body as a connector result): a manual connector's
+    task, or a failed job whose system was handled outside the service."""
+    return await _act(
+        session,
+        rt,
+        request_id,
+        now,
+        lambda req: dispatch.complete_job(
+            session, rt=rt, req=req, job_id=job_id, result=body, actor=actor(staff), now=now
+        ),
+    )
 
 
 @router.get("/deadlines/preview", response_model=DeadlinePreview, responses=ERRORS)
@@ -346,6 +375,8 @@ async def stats(staff: Reader, rt: RuntimeDep, session: ReadSessionDep, now: Now
     figures = await repository.stats(session, now=now, today=today)
     return {
         **figures,
-        "jobs_by_status": await jobs.counts_by_status(session),
-        "oldest_waiting_job_at": await jobs.oldest_waiting(session),
+        "jobs_by_status": await connectors.count_by_status(session),
+        "oldest_waiting_job_at": await connectors.oldest_unfinished(session),
+        "engine_jobs_by_status": await jobs.counts_by_status(session),
+        "oldest_queued_engine_job_at": await jobs.oldest_waiting(session),
     }

@@ -31,8 +31,9 @@ def full_context(**overrides: object) -> dict[str, object]:
         "authority_name": "CNIL",
         "authority_url": "https://www.cnil.fr/fr/plaintes",
         "window_days": 14,
-        "outcomes": [{"system": "CRM", "summary": "données trouvées"}],
+        "outcomes": [{"system": "CRM", "outcome": "found", "retained": []}],
         "days_left": 7,
+        "connector_name": "Caisse",
     }
     context.update(overrides)
     return context
@@ -64,7 +65,7 @@ def test_every_template_exists_in_every_language() -> None:
         assert {path.stem for path in (root / language).glob("*.txt")} == TEMPLATE_NAMES
 
 
-@pytest.mark.parametrize("name", sorted(TEMPLATE_NAMES - {"staff_reminder"}))
+@pytest.mark.parametrize("name", sorted(TEMPLATE_NAMES - {"staff_reminder", "staff_task"}))
 def test_subject_mails_link_status_page_and_sign(name: str) -> None:
     for language in ("fr", "en"):
         text = mail(name, language).text
@@ -184,17 +185,33 @@ def test_cancellation() -> None:
 
 def test_completion_lists_outcomes_without_data() -> None:
     outcomes = [
-        {"system": "CRM", "summary": "données trouvées"},
-        {"system": "Facturation", "summary": "aucune donnée"},
+        {"system": "CRM", "outcome": "found", "retained": []},
+        {"system": "Facturation", "outcome": "not_found", "retained": []},
     ]
     fr = mail("completion", "fr", outcomes=outcomes).text
-    assert "- CRM : données trouvées" in fr
-    assert "- Facturation : aucune donnée" in fr
+    assert "- CRM : nous détenons des données vous concernant" in fr
+    assert "- Facturation : aucune donnée vous concernant" in fr
     assert "télécharger" in fr
     en = mail("completion", "en", outcomes=outcomes, request_type="erasure").text
-    assert "- CRM: données trouvées" in en
+    assert "- CRM: we hold data about you" in en
     assert "download" not in en
     assert "right to erasure" in en
+
+
+def test_completion_names_what_was_retained_and_why() -> None:
+    retained = {
+        "category": "invoices",
+        "reason": "tax law",
+        "legal_basis": "French Commercial Code L.123-22",
+        "until": date(2035, 5, 1),
+    }
+    outcomes = [{"system": "Billing", "outcome": "retained", "retained": [retained]}]
+    fr = mail("completion", "fr", outcomes=outcomes, request_type="erasure").text
+    assert "invoices conservé : tax law (French Commercial Code L.123-22)" in fr
+    assert "1er mai 2035" in fr
+    en = mail("completion", "en", outcomes=outcomes, request_type="erasure").text
+    assert "except what the law obliges us to keep" in en
+    assert "invoices kept: tax law (French Commercial Code L.123-22), until 1 May 2035" in en
 
 
 def test_completion_without_outcomes_says_nothing_was_held() -> None:
@@ -317,3 +334,12 @@ def test_render_falls_back_to_default_language() -> None:
     )
     assert rendered.language == "fr"
     assert "Bonjour" in rendered.text
+
+
+def test_staff_task_names_the_system_and_holds_no_personal_data() -> None:
+    fr = mail("staff_task", "fr")
+    assert "« Caisse »" in fr.text
+    assert "Caisse" in fr.subject
+    en = mail("staff_task", "en")
+    assert '"Caisse"' in en.text
+    assert "no personal data" in en.text

@@ -126,6 +126,8 @@ async def test_stats_of_nothing(service: Service) -> None:
         "median_days_to_complete": None,
         "jobs_by_status": {},
         "oldest_waiting_job_at": None,
+        "engine_jobs_by_status": {},
+        "oldest_queued_engine_job_at": None,
     }
 
 
@@ -149,8 +151,9 @@ async def test_stats_count_statuses_types_deadlines_and_durations(service: Servi
     )
 
     before = await stats(service)
-    assert before["jobs_by_status"].get("queued", 0) > 0
-    assert before["oldest_waiting_job_at"] == "2026-03-10T09:00:00Z"
+    assert before["engine_jobs_by_status"].get("queued", 0) > 0  # e-mails and fan-outs
+    assert before["oldest_queued_engine_job_at"] == "2026-03-10T09:00:00Z"
+    assert before["jobs_by_status"] == {}  # no connector registered: no connector job
     await service.run_jobs()
     for done in (four_days, two_days):
         assert (await detail(service, done["id"]))["status"] == "completed"
@@ -163,9 +166,10 @@ async def test_stats_count_statuses_types_deadlines_and_durations(service: Servi
     assert figures["overdue"] == 1  # the cancelled one is older but closed
     assert figures["due_within_7_days"] == 1
     assert figures["median_days_to_complete"] == 3.0
-    jobs = figures["jobs_by_status"]
+    jobs = figures["engine_jobs_by_status"]
     assert jobs.get("succeeded", 0) >= 2  # the two fan-outs, and the mail deliveries
     assert set(jobs) <= {"succeeded"}
+    assert figures["oldest_queued_engine_job_at"] is None
     assert figures["oldest_waiting_job_at"] is None
 
 

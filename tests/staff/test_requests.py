@@ -515,7 +515,11 @@ async def test_unknown_request_is_404(service: Service, problem: Problem) -> Non
 
 
 async def test_actions_on_an_unknown_request_are_404(service: Service, problem: Problem) -> None:
-    bodies = {"reject": {"reason": "other"}, "extend": {"reason": "busy"}}
+    bodies = {
+        "reject": {"reason": "other"},
+        "extend": {"reason": "busy"},
+        "jobs/job_x/complete": {"outcome": "found"},
+    }
     for action in (
         "approve",
         "reject",

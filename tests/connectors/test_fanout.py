@@ -1,0 +1,194 @@
+"""Fan-out end to end: real connector servers on loopback, signed calls, outcomes, the
+request's status following its jobs, and staff steering failed and manual jobs."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import Service, bearer
+from tests.connectors.conftest import detail, drive, register
+from tests.fixtures.connectors import (
+    ConnectorFarm,
+    answers,
+    calls_back,
+    flaky,
+    refuses,
+    result,
+)
+
+
+async def test_access_request_reaches_the_three_right_connectors(
+    service: Service, farm: ConnectorFarm
+) -> None:
+    await register(service, farm, "shop", answers())
+    await register(service, farm, "crm", calls_back(result("not_found")))
+    await register(service, farm, "billing", flaky(failures=2))
+    await register(service, farm, "newsletter", answers(), request_types=["erasure"])
+
+    filed = await service.file_verified()
+    await drive(service, farm)
+
+    view = await detail(service, filed["id"])
+    assert view["status"] == "completed", view["jobs"]
+    assert sorted(c.system for c in farm.calls) == ["billing", "billing", "billing", "crm", "shop"]
+    assert all(c.signature_valid for c in farm.calls)
+    keys = {c.system: {x.idempotency_key for x in farm.calls_to(c.system)} for c in farm.calls}
+    assert all(len(k) == 1 for k in keys.values()), "one idempotency key per job, kept on retry"
+    jobs = {j["connector_name"]: j for j in view["jobs"]}
+    assert set(jobs) == {"shop", "crm", "billing"}
+    assert {name: j["id"] for name, j in jobs.items()} == {
+        name: key.pop() for name, key in keys.items()
+    }
+    assert (jobs["billing"]["attempts"], jobs["billing"]["status"]) == (3, "succeeded")
+    assert jobs["crm"]["outcome"] == "not_found"
+    assert jobs["shop"]["data_files"] == 1
+    body = farm.calls_to("shop")[0].body
+    assert body["subject"] == {"email": "ana@example.org"}
+    assert body["callback_url"] == f"http://dsr.test/v1/connector-callbacks/{body['job_id']}"
+    assert (body["type"], body["request_id"]) == ("access", filed["id"])
+
+    actions = [e["action"] for e in view["events"]]
+    assert actions.count("connector_job.succeeded") == 3
+    assert "connector_job.retry_scheduled" in actions
+    assert "connector_job.waiting_callback" in actions
+    assert actions[-1] == "request.completed"
+
+    subject = await service.client.get(
+        f"/v1/requests/{filed['id']}", headers=bearer(filed["status_token"])
+    )
+    outcomes = {o["system"]: o for o in subject.json()["outcomes"]}
+    assert outcomes["crm"]["summary"] == "no data about you"
+    assert "url" not in str(outcomes)
+    assert "attempts" not in str(outcomes)
+
+
+async def test_a_permanent_refusal_needs_staff_and_a_retry_completes(
+    service: Service, farm: ConnectorFarm
+) -> None:
+    await register(service, farm, "shop", answers())
+    await register(service, farm, "legacy", refuses(400, "unknown field customer_id"))
+    filed = await service.file_verified()
+    await drive(service, farm)
+
+    view = await detail(service, filed["id"])
+    assert view["status"] == "action_required"
+    legacy = next(j for j in view["jobs"] if j["connector_name"] == "legacy")
+    assert legacy["status"] == "failed"
+    assert legacy["last_error"] == "HTTP 400: unknown field customer_id"
+    assert len(farm.calls_to("legacy")) == 1, "a 4xx is not retried"
+
+    farm.behaviours["legacy"] = answers(result("not_found"))
+    retried = await service.client.post(
+        f"/v1/admin/requests/{filed['id']}/jobs/{legacy['id']}/retry",
+        headers=service.staff("requests:write"),
+    )
+    assert retried.status_code == 202, retried.text
+    assert retried.json()["status"] == "in_progress"
+    await drive(service, farm)
+    view = await detail(service, filed["id"])
+    assert view["status"] == "completed"
+    assert {c.idempotency_key for c in farm.calls_to("legacy")} == {legacy["id"]}
+
+
+async def test_retry_of_a_job_that_did_not_fail_is_409(
+    service: Service, farm: ConnectorFarm, problem
+) -> None:
+    await register(service, farm, "shop", answers())
+    filed = await service.file_verified()
+    await drive(service, farm)
+    job = (await detail(service, filed["id"]))["jobs"][0]
+    answer = await service.client.post(
+        f"/v1/admin/requests/{filed['id']}/jobs/{job['id']}/retry",
+        headers=service.staff("requests:write"),
+    )
+    problem(answer, 409)
+    other = await service.client.post(
+        f"/v1/admin/requests/{filed['id']}/jobs/cjob_nope/retry",
+        headers=service.staff("requests:write"),
+    )
+    problem(other, 404)
+
+
+@pytest.mark.parametrize(
+    "settings_overrides",
+    [{"retry_base_seconds": 0.01, "retry_cap_seconds": 0.05, "staff_email": "dpo@example.org"}],
+)
+async def test_manual_connector_is_a_staff_task(service: Service, farm: ConnectorFarm) -> None:
+    answer = await service.client.post(
+        "/v1/admin/connectors",
+        json={"name": "paper archive", "mode": "manual", "request_types": ["erasure"]},
+        headers=service.staff("connectors:write"),
+    )
+    assert answer.status_code == 201, answer.text
+    filed = await service.file_verified(
+        {"type": "erasure", "subject": {"email": "ana@example.org"}}
+    )
+    await drive(service, farm)
+    view = await detail(service, filed["id"])
+    assert view["status"] == "action_required"
+    job = view["jobs"][0]
+    assert job["status"] == "waiting_for_staff"
+    task_mail = service.mails("dpo@example.org")
+    assert task_mail
+    assert "paper archive" in task_mail[0]["Subject"]
+    assert "ana@example.org" not in task_mail[0].get_body().get_content()
+
+    done = await service.client.post(
+        f"/v1/admin/requests/{filed['id']}/jobs/{job['id']}/complete",
+        json={
+            "outcome": "retained",
+            "retained": [
+                {
+                    "category": "invoices",
+                    "reason": "tax law",
+                    "legal_basis": "French Commercial Code L.123-22",
+                    "until": "2035-05-01",
+                }
+            ],
+        },
+        headers=service.staff("requests:write", sub="bob"),
+    )
+    assert done.status_code == 200, done.text
+    assert done.json()["status"] == "completed"
+    assert done.json()["jobs"][0]["retained"][0]["until"] == "2035-05-01"
+    events = [e for e in done.json()["events"] if e["action"] == "connector_job.succeeded"]
+    assert events[0]["actor"] == "staff:bob"
+
+
+async def test_wrong_outcome_for_the_type_fails_the_job_with_the_reason(
+    service: Service, farm: ConnectorFarm
+) -> None:
+    await register(service, farm, "shop", answers(result("erased")))
+    filed = await service.file_verified()
+    await drive(service, farm)
+    job = (await detail(service, filed["id"]))["jobs"][0]
+    assert job["status"] == "failed"
+    assert "does not answer a access request" in job["last_error"]
+
+
+async def test_connectors_that_do_not_know_the_identity_are_not_called(
+    service: Service, farm: ConnectorFarm
+) -> None:
+    await register(service, farm, "loyalty", answers(), identity_types=["customer_id"])
+    await register(service, farm, "shop", answers(), identity_types=["email", "customer_id"])
+    filed = await service.file_verified()
+    await drive(service, farm)
+    assert [c.system for c in farm.calls] == ["shop"]
+    with_id = await service.file_verified(
+        {"type": "access", "subject": {"email": "bo@example.org", "customer_id": "C-9"}}
+    )
+    await drive(service, farm)
+    assert sorted(c.system for c in farm.calls[1:]) == ["loyalty", "shop"]
+    assert farm.calls_to("loyalty")[0].body["subject"] == {"customer_id": "C-9"}
+    assert (await detail(service, with_id["id"]))["status"] == "completed"
+    assert (await detail(service, filed["id"]))["status"] == "completed"
+
+
+async def test_request_no_connector_handles_completes_at_once(
+    service: Service, farm: ConnectorFarm
+) -> None:
+    await register(service, farm, "shop", answers(), request_types=["erasure"])
+    filed = await service.file_verified()
+    await drive(service, farm)
+    view = await detail(service, filed["id"])
+    assert (view["status"], view["jobs"], farm.calls) == ("completed", [], [])
