@@ -37,7 +37,7 @@ from app.connectors.models import (
 from app.connectors.models import ConnectorJobStatus as J
 from app.connectors.schemas import OUTCOMES_BY_TYPE, ConnectorResult
 from app.connectors.urls import check_url
-from app.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
+from app.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, UnsupportedMedia
 from app.jobs import service as jobs
 from app.jobs.models import Job, JobStatus
 from app.jobs.registry import FINISHED as JOB_FINISHED
@@ -540,6 +540,7 @@ def _add_receipt(
     *,
     kind: str,
     now: datetime,
+    answer: dict[str, Any],
 ) -> None:
     session.add(
         CallbackReceipt(
@@ -548,14 +549,16 @@ def _add_receipt(
             job_id=cj.id,
             kind=kind,
             received_at=now,
+            answer=json.dumps(answer),
         )
     )
 
 
 def _duplicate(receipt: CallbackReceipt, cj: ConnectorJob) -> dict[str, Any]:
+    """A repeated webhook-id is answered as the first time, and nothing is applied."""
     if receipt.job_id != cj.id:
         raise Conflict("this webhook-id was already used for another job")
-    return {"job_id": cj.id, "status": cj.status, "duplicate": True}
+    return {**json.loads(receipt.answer), "duplicate": True}
 
 
 async def accept_callback(
@@ -600,7 +603,6 @@ async def accept_callback(
                 return _duplicate(receipt, cj)
             if cj.status in FINISHED:
                 raise Conflict(f"this job is {cj.status}; the callback changes nothing")
-            _add_receipt(session, connector.id, webhook_id, cj, kind="result", now=now)
             await _apply(
                 session,
                 rt,
@@ -611,7 +613,11 @@ async def accept_callback(
                 now=now,
                 webhook_id=webhook_id,
             )
-            return {"job_id": cj.id, "status": cj.status, "duplicate": False}
+            answer = {"job_id": cj.id, "status": cj.status, "duplicate": False}
+            _add_receipt(
+                session, connector.id, webhook_id, cj, kind="result", now=now, answer=answer
+            )
+            return answer
     except BaseException:
         results.delete(rt, prepared.file_names)
         raise
@@ -640,29 +646,18 @@ async def accept_upload(
         webhook_id = headers["webhook-id"][:200]
         receipt = await _receipt(session, connector.id, webhook_id)
         if receipt is not None:
-            return {**_duplicate(receipt, cj), "bytes": 0, "format": "json"}
+            # Answered as the first time, but only once the body proves it is the same.
+            await _read_signed(chunks, check, limit=rt.settings.upload_max_bytes)
+            return _duplicate(receipt, cj)
         if cj.status in FINISHED:
             raise Conflict(f"this job is {cj.status}; the upload changes nothing")
     media = content_type.split(";")[0].strip().lower()
     if media not in UPLOAD_FORMATS:
-        raise InvalidInput.field(
-            ("header", "content-type"), "must be application/json or application/x-ndjson"
-        )
-    limit = rt.settings.upload_max_bytes
+        raise UnsupportedMedia("an upload is application/json or application/x-ndjson")
     name, temporary, writer = results.new_writer(rt, job_id, suffix="upload")
-    size = 0
     try:
-        async for chunk in chunks:
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"the upload is larger than {limit} bytes")
-            check.update(chunk)
-            writer.write(chunk)
-        check.verify()
+        size = await _read_signed(chunks, check, limit=rt.settings.upload_max_bytes, sink=writer)
         writer.close()
-    except signing.BadSignature as exc:
-        writer.abort()
-        raise BadCallback(str(exc)) from None
     except BaseException:
         writer.abort()
         raise
@@ -675,7 +670,7 @@ async def accept_upload(
             receipt = await _receipt(session, connector.id, webhook_id)
             if receipt is not None:
                 temporary.unlink(missing_ok=True)
-                return {**_duplicate(receipt, cj), "bytes": size, "format": entry["format"]}
+                return _duplicate(receipt, cj)
             if cj.status in FINISHED:
                 raise Conflict(f"this job is {cj.status}; the upload changes nothing")
             results.publish(rt, temporary, name)
@@ -683,13 +678,41 @@ async def accept_upload(
             files.append(entry)
             cj.data_files, cj.updated_at = json.dumps(files), now
             session.add(cj)
-            _add_receipt(session, connector.id, webhook_id, cj, kind="upload", now=now)
+            answer = {
+                "job_id": job_id,
+                "bytes": size,
+                "format": entry["format"],
+                "duplicate": False,
+            }
+            _add_receipt(
+                session, connector.id, webhook_id, cj, kind="upload", now=now, answer=answer
+            )
             await _record(session, cj, "data_uploaded", now=now, bytes=size, format=entry["format"])
     except BaseException:
         temporary.unlink(missing_ok=True)
         results.delete(rt, [name])
         raise
-    return {"job_id": job_id, "bytes": size, "format": entry["format"], "duplicate": False}
+    return answer
+
+
+async def _read_signed(
+    chunks: Any, check: signing.StreamCheck, *, limit: int, sink: Any = None
+) -> int:
+    """Pass a streamed body through the signature check (and into ``sink``), refusing it
+    past ``limit`` bytes or when the signature does not match at the end."""
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the upload is larger than {limit} bytes")
+        check.update(chunk)
+        if sink is not None:
+            sink.write(chunk)
+    try:
+        check.verify()
+    except signing.BadSignature as exc:
+        raise BadCallback(str(exc)) from None
+    return size
 
 
 # --- staff actions --------------------------------------------------------------------------

@@ -104,3 +104,4 @@ class CallbackReceipt(SQLModel, table=True):
     job_id: str = Field(max_length=40)
     kind: str = Field(max_length=20)  # result | upload
     received_at: datetime = Field(sa_column=_ts(nullable=False))
+    answer: str = Field(sa_column=_text())  # the first answer, given again to a repeat

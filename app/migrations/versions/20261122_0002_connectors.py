@@ -25,6 +25,7 @@ def upgrade() -> None:
         sa.Column("job_id", sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
         sa.Column("kind", sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
         sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("answer", sa.Text(), nullable=False),
         sa.PrimaryKeyConstraint("connector_id", "webhook_id", name=op.f("pk_callback_receipt")),
     )
     op.create_table(
