@@ -1,8 +1,10 @@
 """``dsr demo``: a walkthrough on loopback, in a throwaway data directory.
 
-It starts the service on a free port of 127.0.0.1 with SQLite, files an access request as a
-web form would, reads the verification code from the e-mail the service wrote, verifies, and
-shows what the subject and staff see, then checks the audit chain. Nothing is kept.
+It starts the service on a free port of 127.0.0.1 with SQLite and two sample connectors
+(``app.demo_connectors``), registers them, files an access request as a web form would, reads
+the verification code from the e-mail the service wrote, verifies, watches the signed calls
+and the callback, shows what the subject and staff see, then checks the audit chain. Nothing
+is kept.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import httpx
 import uvicorn
 
 from app.config import Settings, new_key
+from app.demo_connectors import SYSTEMS, DemoConnectors
 from app.main import create_app
 from app.migrate import upgrade
 from app.security.staff import SCOPES, mint_staff_token
@@ -47,8 +50,34 @@ def _code_from_mail(mail_dir: Path) -> str:
     raise RuntimeError("no verification e-mail was written")
 
 
-async def _walkthrough(base: str, settings: Settings) -> None:
-    async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+async def _register(
+    http: httpx.AsyncClient, staff: dict[str, str], connectors: DemoConnectors, base: str
+) -> None:
+    for name, fields in SYSTEMS.items():
+        answer = await http.post(
+            "/v1/admin/connectors",
+            json={"name": name, "url": f"{base}/{name}", **fields},
+            headers=staff,
+        )
+        answer.raise_for_status()
+        created = answer.json()
+        connectors.secrets[name] = created.pop("signing_secret")
+    listed = (await http.get("/v1/admin/connectors", headers=staff)).json()["items"]
+    _show(
+        "0. two systems register as connectors (POST /v1/admin/connectors)",
+        [f"{c['name']:<11} {c['url']}  types: {', '.join(c['request_types'])}" for c in listed],
+    )
+
+
+async def _walkthrough(
+    base: str, settings: Settings, connectors: DemoConnectors, farm: str
+) -> None:
+    token = mint_staff_token(
+        secret=settings.staff_jwt_secret, subject="demo", scopes=sorted(SCOPES)
+    )
+    staff = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=base, timeout=10, trust_env=False) as http:
+        await _register(http, staff, connectors, farm)
         filed = (
             await http.post(
                 "/v1/requests",
@@ -71,21 +100,30 @@ async def _walkthrough(base: str, settings: Settings) -> None:
             f"/v1/requests/{filed['id']}/verification", json={"code": code}, headers=subject
         )
         _show("3. the subject enters it (POST .../verification)", verified.json())
-        await asyncio.sleep(1.5)
-        status = await http.get(f"/v1/requests/{filed['id']}", headers=subject)
-        _show("4. the subject's status page (GET /v1/requests/{id})", status.json())
-        token = mint_staff_token(
-            secret=settings.staff_jwt_secret, subject="demo", scopes=sorted(SCOPES)
-        )
-        staff = {"Authorization": f"Bearer {token}"}
+        status: dict[str, Any] = {}
+        for _ in range(50):
+            status = (await http.get(f"/v1/requests/{filed['id']}", headers=subject)).json()
+            if status["status"] not in ("in_progress", "pending_verification"):
+                break
+            await asyncio.sleep(0.1)
+        _show("4. the service calls every system that handles the type", connectors.log)
+        _show("5. the subject's status page (GET /v1/requests/{id})", status)
         detail = (await http.get(f"/v1/admin/requests/{filed['id']}", headers=staff)).json()
-        _show("5. staff see why the due date is what it is", detail["deadline_explanation"])
         _show(
-            "6. and the audit trail",
+            "6. staff see each system's job",
+            [
+                f"{j['connector_name']:<11} {j['status']:<10} attempts {j['attempts']}  "
+                f"outcome {j['outcome']}"
+                for j in detail["jobs"]
+            ],
+        )
+        _show("7. and why the due date is what it is", detail["deadline_explanation"])
+        _show(
+            "8. and the audit trail",
             [f"{e['seq']:>3} {e['at']} {e['actor']:<14} {e['action']}" for e in detail["events"]],
         )
         audit = await http.get("/v1/admin/audit/verify", headers=staff)
-        _show("7. the audit chain verifies", audit.json())
+        _show("9. the audit chain verifies", audit.json())
 
 
 def run_demo() -> None:
@@ -105,16 +143,24 @@ def run_demo() -> None:
         server = uvicorn.Server(
             uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
         )
+        connectors = DemoConnectors()
+        farm_port = _free_port()
+        farm = uvicorn.Server(
+            uvicorn.Config(connectors.app, host="127.0.0.1", port=farm_port, log_level="warning")
+        )
 
         async def main() -> None:
             serving = asyncio.create_task(server.serve())
-            while not server.started:
+            farming = asyncio.create_task(farm.serve())
+            while not (server.started and farm.started):
                 await asyncio.sleep(0.05)
             try:
-                await _walkthrough(settings.public_url, settings)
+                await _walkthrough(
+                    settings.public_url, settings, connectors, f"http://127.0.0.1:{farm_port}"
+                )
             finally:
-                server.should_exit = True
-                await serving
+                server.should_exit = farm.should_exit = True
+                await asyncio.gather(serving, farming)
 
         asyncio.run(main())
         print("\nDone: everything above lived in a temporary directory, now deleted.")

@@ -131,3 +131,15 @@ def test_production_refuses_generated_secrets(tmp_path: Path) -> None:
     assert "Traceback" not in refused.stderr
     env.update(DSR_ENCRYPTION_KEY=new_key(), DSR_STAFF_JWT_SECRET=new_key())
     assert _dsr("migrate", env=env, cwd=tmp_path).returncode == 0
+
+
+def test_demo_walks_a_request_through_two_sample_connectors(tmp_path: Path) -> None:
+    ran = _dsr("demo", env=_env(tmp_path), cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    out = ran.stdout
+    assert "shop: signed access call" in out
+    assert "newsletter: called back, the service answered 200" in out
+    assert '"status": "completed"' in out
+    assert "connector_job.succeeded" in out
+    assert '"ok": true' in out
+    assert list(tmp_path.iterdir()) == [], "the demo keeps nothing"
