@@ -56,6 +56,7 @@ log = logging.getLogger("dsr.connectors")
 
 CALL_KIND = "connectors.call"
 SWEEP_KIND = "connectors.sweep"
+SETTLE_KIND = "connectors.settle"
 IDENTITY_TYPES = ("email", "name", "phone", "customer_id")
 DATA_TYPES = frozenset({RequestType.access, RequestType.portability})
 S = RequestStatus
@@ -169,7 +170,7 @@ async def _create_jobs(
             await _record(session, cj, "waiting_for_staff", now=now)
             await _tell_staff(session, rt, req, connector, now=now)
         else:
-            await _queue_call(session, cj, connector, now=now)
+            await _queue_call(session, cj, connector, now=now, fresh=True)
             await _record(session, cj, "queued", now=now)
 
 
@@ -180,6 +181,7 @@ async def _queue_call(
     *,
     now: datetime,
     run_after: datetime | None = None,
+    fresh: bool = False,
 ) -> None:
     engine_job = await jobs.enqueue(
         session,
@@ -190,6 +192,7 @@ async def _queue_call(
         request_id=cj.request_id,
         queueing_lock=_call_lock(cj.id),
         max_attempts=max(1, connector.max_attempts - cj.attempts),
+        fresh_lock=fresh,
     )
     if engine_job is not None:
         cj.engine_job_id = engine_job.id
@@ -286,7 +289,7 @@ async def call_connector(ctx: JobContext, job: Job) -> object:
             prepared = prepare_result(ctx, cj_id, call.request_type, answer.result)
         except ValueError as exc:
             answer = client.Answer("permanent", error=f"invalid result: {exc}")
-    await _finish_call(ctx, job, cj_id, answer, prepared)
+    await _finish_call(ctx, job, cj_id, call.connector, answer, prepared)
     return JOB_FINISHED
 
 
@@ -295,18 +298,21 @@ async def _start_call(ctx: JobContext, job: Job, cj_id: str) -> _Call | None:
     when there is nothing to call (the job's engine job is then finished)."""
     now = ctx.clock.now()
     async with ctx.session() as session:
-        req, cj = await _lock_job(session, cj_id)
+        # Only the job's row is locked: the request is read, and settled by a job of its own
+        # when needed, so calls for one request do not queue behind each other.
+        cj = await session.get(ConnectorJob, cj_id, with_for_update=True)
+        req = await session.get(DsrRequest, cj.request_id) if cj is not None else None
         call: _Call | None = None
         if cj is not None and req is not None and _wants_call(cj, now=now):
             connector = await registry.get(session, cj.connector_id)
             problem = _why_not_callable(ctx, connector, req)
             if problem is not None:
-                await _fail(session, ctx, req, cj, error=problem, now=now)
+                await _fail(session, ctx, None, cj, error=problem, now=now)
             elif connector.mode == ConnectorMode.manual:
                 cj.status, cj.updated_at = J.waiting_for_staff, now
                 await _record(session, cj, "waiting_for_staff", now=now)
                 await _tell_staff(session, ctx, req, connector, now=now)
-                await settle(session, ctx, req, now=now)
+                await _settle_later(session, cj.request_id, now=now)
             else:
                 cj.status, cj.attempts, cj.updated_at = J.running, cj.attempts + 1, now
                 cj.engine_job_id = job.id
@@ -362,21 +368,21 @@ async def _finish_call(
     ctx: JobContext,
     job: Job,
     cj_id: str,
+    connector: Connector,
     answer: client.Answer,
     prepared: _Prepared | None,
 ) -> None:
     now = ctx.clock.now()
     async with ctx.session() as session:
-        req, cj = await _lock_job(session, cj_id)
-        if cj is None or req is None or cj.status != J.running or cj.engine_job_id != job.id:
+        cj = await session.get(ConnectorJob, cj_id, with_for_update=True)
+        if cj is None or cj.status != J.running or cj.engine_job_id != job.id:
             # A callback, staff or the sweep settled it meanwhile: this answer is late.
             if prepared is not None:
                 results.delete(ctx, prepared.file_names)
             await jobs.finish(session, job, now=now)
             return
-        connector = await registry.get(session, cj.connector_id)
         if answer.kind == "result" and prepared is not None:
-            await _apply(session, ctx, req, cj, prepared, by=f"connector:{connector.id}", now=now)
+            await _apply(session, ctx, None, cj, prepared, by=f"connector:{connector.id}", now=now)
             await jobs.finish(session, job, now=now)
         elif answer.kind == "accepted":
             timeout = connector.callback_timeout_s or ctx.settings.callback_timeout_seconds
@@ -387,7 +393,7 @@ async def _finish_call(
             if cj.attempts < connector.max_attempts:
                 await _queue_call(session, cj, connector, now=now, run_after=cj.callback_deadline)
         elif answer.kind == "permanent":
-            await _fail(session, ctx, req, cj, error=answer.error or "refused", now=now)
+            await _fail(session, ctx, None, cj, error=answer.error or "refused", now=now)
             await jobs.fail(session, job, now=now, error=answer.error or "refused")
         else:
             error = answer.error or "failed"
@@ -400,7 +406,7 @@ async def _finish_call(
             )
             if isinstance(decision, GiveUp):
                 final = f"gave up after {cj.attempts} attempts: {error}"
-                await _fail(session, ctx, req, cj, error=final, now=now)
+                await _fail(session, ctx, None, cj, error=final, now=now)
                 await jobs.fail(session, job, now=now, error=final)
             else:
                 cj.status, cj.updated_at = J.queued, now
@@ -423,7 +429,7 @@ async def _finish_call(
 async def _fail(
     session: AsyncSession,
     rt: Runtime,
-    req: DsrRequest,
+    req: DsrRequest | None,
     cj: ConnectorJob,
     *,
     error: str,
@@ -434,7 +440,7 @@ async def _fail(
     cj.finished_at = now
     session.add(cj)
     await _record(session, cj, "failed", now=now, actor=actor, error=error[:200])
-    await settle(session, rt, req, now=now)
+    await _settle(session, rt, req, cj, now=now)
 
 
 # --- results (from a 200, a callback, or staff) ---------------------------------------------
@@ -471,7 +477,7 @@ def prepare_result(
 async def _apply(
     session: AsyncSession,
     rt: Runtime,
-    req: DsrRequest,
+    req: DsrRequest | None,
     cj: ConnectorJob,
     prepared: _Prepared,
     *,
@@ -508,7 +514,42 @@ async def _apply(
         retained=[r.category for r in result.retained],
         by=by,
     )
-    await settle(session, rt, req, now=now)
+    await _settle(session, rt, req, cj, now=now)
+
+
+async def _settle(
+    session: AsyncSession, rt: Runtime, req: DsrRequest | None, cj: ConnectorJob, *, now: datetime
+) -> None:
+    """Settle now when the caller holds the request's lock (callbacks, staff, the sweep),
+    else queue a settle job (the worker's hot path never waits on the request's row)."""
+    if req is not None:
+        await settle(session, rt, req, now=now)
+    else:
+        await _settle_later(session, cj.request_id, now=now)
+
+
+async def _settle_later(session: AsyncSession, request_id: str, *, now: datetime) -> None:
+    """One queued settle per request at a time: many jobs ending together settle it once,
+    and a job ending while a settle runs queues the next one, so none is missed."""
+    await jobs.enqueue(
+        session,
+        SETTLE_KIND,
+        {"request_id": request_id},
+        now=now,
+        request_id=request_id,
+        queueing_lock=f"settle:{request_id}",
+    )
+
+
+@handler(SETTLE_KIND)
+async def settle_request(ctx: JobContext, job: Job) -> object:
+    now = ctx.clock.now()
+    async with ctx.session() as session:
+        req = await requests.lock(session, payload_of(job)["request_id"])
+        if req is not None:
+            await settle(session, ctx, req, now=now)
+        await jobs.finish(session, job, now=now)
+    return JOB_FINISHED
 
 
 # --- callbacks and uploads (connector -> service) ------------------------------------------

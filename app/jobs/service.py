@@ -13,7 +13,8 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, update
+from sqlalchemy import Table, func, or_, text, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -23,6 +24,7 @@ from app.jobs.models import Job, JobStatus
 from app.kit.ids import new_id
 
 ERROR_LIMIT = 1000
+JOB_TABLE: Table = Job.__table__  # type: ignore[attr-defined]
 
 
 async def enqueue(
@@ -35,9 +37,12 @@ async def enqueue(
     request_id: str | None = None,
     queueing_lock: str | None = None,
     max_attempts: int = 10,
+    fresh_lock: bool = False,
 ) -> Job | None:
     """Queue a job in the caller's transaction. With a ``queueing_lock`` that is already held
-    by a queued job, nothing is queued and ``None`` is returned."""
+    by a queued job, nothing is queued and ``None`` is returned. ``fresh_lock`` says the lock
+    names something created in this very transaction, so no other job can hold it: the job
+    is then written with the unit of work's batched inserts."""
     job = Job(
         id=new_id("job"),
         kind=kind,
@@ -49,16 +54,30 @@ async def enqueue(
         created_at=now,
         updated_at=now,
     )
-    if queueing_lock is None:
+    if queueing_lock is None or fresh_lock:
         session.add(job)
-    else:
-        try:
-            async with session.begin_nested():
-                session.add(job)
-        except IntegrityError:
-            return None
+    elif not await _insert_unless_locked(session, job):
+        return None
     wakeup.on_enqueue(session)
     return job
+
+
+async def _insert_unless_locked(session: AsyncSession, job: Job) -> bool:
+    """``INSERT ... ON CONFLICT DO NOTHING`` on the queueing lock's partial unique index: one
+    statement, no savepoint, and no error when a queued job already holds the lock."""
+    bind = session.bind
+    dialect = bind.dialect.name if bind is not None else "sqlite"
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    values = {column.name: getattr(job, column.name) for column in JOB_TABLE.columns}
+    statement = (
+        insert(Job)
+        .values(**values)
+        .on_conflict_do_nothing(
+            index_elements=["queueing_lock"], index_where=text("status = 'queued'")
+        )
+    )
+    result = await session.exec(statement)
+    return bool(result.rowcount)
 
 
 async def claim_due_jobs(
