@@ -1,4 +1,5 @@
-"""The ``dsr`` command: serve, worker, migrate, token, openapi, audit verify, demo."""
+"""The ``dsr`` command: serve, worker, migrate, token, openapi, audit verify, export verify,
+demo."""
 
 from __future__ import annotations
 
@@ -164,6 +165,34 @@ def cmd_audit_verify(_: argparse.Namespace) -> None:
         sys.exit(1)
 
 
+def cmd_export_verify(args: argparse.Namespace) -> None:
+    """Check a package's signature and checksums, with the local service's key or with a
+    public key given as a PEM or JWKS file (``GET /v1/export-keys``)."""
+    from app.config import decode_key
+    from app.exports.signing import PackageSigner
+    from app.exports.verify import verify_package
+
+    key: str | dict
+    if args.key:
+        text = Path(args.key).read_text()
+        key = json.loads(text)["keys"][0] if text.lstrip().startswith("{") else text
+    else:
+        key = PackageSigner(decode_key(_settings().encryption_key)).public_pem
+    verdict = verify_package(Path(args.file), key=key)
+    print(
+        json.dumps(
+            {
+                "ok": verdict.ok,
+                "files": verdict.files,
+                "key_id": verdict.key_id,
+                "problems": verdict.problems,
+            }
+        )
+    )
+    if not verdict.ok:
+        sys.exit(1)
+
+
 def cmd_demo(_: argparse.Namespace) -> None:
     from app.demo import run_demo
 
@@ -201,6 +230,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("demo", help="a walkthrough on loopback, in a temporary directory").set_defaults(
         func=cmd_demo
     )
+
+    export = sub.add_parser("export", help="answer package tools")
+    export_sub = export.add_subparsers(dest="export_command", required=True)
+    export_verify = export_sub.add_parser(
+        "verify", help="check a package's signature and every file's checksum"
+    )
+    export_verify.add_argument("file", help="the downloaded ZIP")
+    export_verify.add_argument(
+        "--key", help="public key (PEM, or the JWKS from /v1/export-keys); default: local"
+    )
+    export_verify.set_defaults(func=cmd_export_verify)
 
     audit = sub.add_parser("audit", help="audit chain tools")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)

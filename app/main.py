@@ -20,6 +20,7 @@ from app.audit.router import router as audit_router
 from app.config import Settings, load_settings
 from app.connectors.router import callbacks_router, registry_router
 from app.errors import AppError, PayloadTooLarge
+from app.exports.router import router as exports_router
 from app.jobs.worker import Worker
 from app.kit.clock import Clock
 from app.requests.router import router as requests_router
@@ -171,6 +172,7 @@ def create_app(
         data_limit=settings.upload_max_bytes,
     )
     app.include_router(requests_router)
+    app.include_router(exports_router)
     app.include_router(callbacks_router)
     app.include_router(registry_router)
     app.include_router(staff_router)

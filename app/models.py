@@ -6,6 +6,7 @@ from __future__ import annotations
 def import_all_models() -> None:
     import app.audit.models
     import app.connectors.models
+    import app.exports.models
     import app.identity.models
     import app.jobs.models
     import app.notifications.models

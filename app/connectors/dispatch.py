@@ -38,6 +38,7 @@ from app.connectors.models import ConnectorJobStatus as J
 from app.connectors.schemas import OUTCOMES_BY_TYPE, ConnectorResult
 from app.connectors.urls import check_url
 from app.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, UnsupportedMedia
+from app.exports import service as exports
 from app.jobs import service as jobs
 from app.jobs.models import Job, JobStatus
 from app.jobs.registry import FINISHED as JOB_FINISHED
@@ -107,15 +108,13 @@ async def settle(session: AsyncSession, rt: Runtime, req: DsrRequest, *, now: da
     if target == req.status:
         return
     if target == S.completed:
-        outcomes = [
-            {
-                "system": connector.name,
-                "outcome": cj.outcome,
-                "retained": json.loads(cj.retained) if cj.retained else [],
-            }
-            for cj, connector in pairs
-        ]
-        await requests.complete(session, rt=rt, req=req, now=now, outcomes=outcomes)
+        if req.type in DATA_TYPES:
+            # The answer is a package: its assembly completes the request.
+            await exports.queue_assembly(session, request_id=req.id, now=now)
+            return
+        await requests.complete(
+            session, rt=rt, req=req, now=now, outcomes=registry.outcomes_of(pairs)
+        )
         return
     waiting = [cj.id for cj, _ in pairs if cj.status in (J.failed, J.waiting_for_staff)]
     await requests.set_progress(

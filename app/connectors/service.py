@@ -295,3 +295,20 @@ async def oldest_unfinished(session: AsyncSession) -> datetime | None:
             )
         )
     ).one()
+
+
+def outcomes_of(pairs: list[tuple[ConnectorJob, Connector]]) -> list[dict[str, Any]]:
+    """Each system's outcome, for the completion e-mail and the answer package."""
+    return [
+        {
+            "system": connector.name,
+            "outcome": job.outcome,
+            "retained": json.loads(job.retained) if job.retained else [],
+        }
+        for job, connector in pairs
+        if job.status == "succeeded"
+    ]
+
+
+def data_files_of(job: ConnectorJob) -> list[dict[str, Any]]:
+    return json.loads(job.data_files) if job.data_files else []

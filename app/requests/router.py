@@ -8,7 +8,7 @@ from fastapi import APIRouter, Header, Request, UploadFile
 from sqlalchemy.exc import IntegrityError
 
 from app.deps import Now, ReadSessionDep, RuntimeDep, SessionDep, StatusToken
-from app.errors import Conflict, NotFound
+from app.errors import Conflict
 from app.identity import service as identity
 from app.requests import service, views
 from app.requests.schemas import CodeIn, IntakeOut, RequestCreate, SubjectView, VerificationOut
@@ -119,15 +119,6 @@ async def upload_identity_document(
     req = await service.get_for_subject(session, request_id=request_id, token=token)
     await service.upload_document(session, rt=rt, req=req, upload=file, now=now)
     return await views.subject_view(session, rt, req)
-
-
-@router.get("/{request_id}/export", responses={**ERRORS, 410: PROBLEM})
-async def download_export(request_id: str, token: StatusToken, session: SessionDep) -> None:
-    """The answer package (ZIP) of an access or portability request, once ``export.ready``."""
-    req = await service.get_for_subject(session, request_id=request_id, token=token)
-    if req.type not in ("access", "portability"):
-        raise NotFound("this request has no export package")
-    raise Conflict("the export package is not ready", extra={"current_status": req.status})
 
 
 @router.post("/{request_id}/cancel", response_model=SubjectView, responses=ERRORS)

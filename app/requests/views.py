@@ -11,6 +11,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app.audit import service as audit
 from app.connectors import service as connectors
 from app.deadlines import days_left, get_regime, is_overdue
+from app.exports import service as exports
 from app.identity import service as identity
 from app.kit.clock import utc
 from app.notifications.templates import outcome_summary
@@ -26,6 +27,7 @@ def _verification(req: DsrRequest) -> dict[str, Any] | None:
     return {"method": req.verification_method, "expires_at": req.verification_expires_at}
 
 
+EXPORT_TYPES = frozenset({"access", "portability"})
 HAS_OUTCOMES = frozenset(
     {RequestStatus.in_progress, RequestStatus.action_required, RequestStatus.completed}
 )
@@ -59,7 +61,9 @@ async def subject_view(session: AsyncSession, rt: Runtime, req: DsrRequest) -> d
         "extended": req.extended,
         "rejection_reason": req.rejection_reason,
         "verification": _verification(req),
-        "export": None,
+        "export": exports.view(await exports.package_for(session, req.id))
+        if req.type in EXPORT_TYPES
+        else None,
         "outcomes": await outcomes_of(session, rt, req),
     }
 
@@ -151,7 +155,7 @@ async def staff_view(
         "rejection_detail": req.rejection_detail,
         "closed_at": req.closed_at,
         "duplicates": await service.duplicates_of(session, req),
-        "export": None,
+        "export": exports.view(await exports.package_for(session, req.id)),
         "outcomes": [
             {
                 "system": connector.name,

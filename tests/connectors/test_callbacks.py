@@ -89,6 +89,7 @@ async def test_a_signed_result_completes_the_request_once(
     answer = await post_callback(service, job_id, body, secret=secret, msg_id="msg_first")
     assert answer.status_code == 200, answer.text
     assert answer.json() == {"job_id": job_id, "status": "succeeded", "duplicate": False}
+    await service.run_jobs()  # the package assembly completes it
     view = await detail(service, request_id)
     assert view["status"] == "completed"
     assert (view["jobs"][0]["status"], view["jobs"][0]["outcome"]) == ("succeeded", "found")
@@ -202,6 +203,7 @@ async def test_refused_signatures_are_401_and_change_nothing(
     genuine = await post_callback(service, job_id, raw, secret=secret, msg_id="msg_1")
     assert genuine.status_code == 200, genuine.text
     assert genuine.json()["duplicate"] is False
+    await service.run_jobs()  # the package assembly completes it
     assert (await detail(service, request_id))["status"] == "completed"
 
 
@@ -225,6 +227,7 @@ async def test_a_webhook_id_replayed_to_another_job_is_409(
     after = await detail(service, second_request)
     assert after["jobs"][0]["status"] == "waiting_callback"
     assert after["events"] == before["events"]
+    await service.run_jobs()  # the package assembly completes it
     assert (await detail(service, first_request))["status"] == "completed"
 
 
@@ -268,6 +271,7 @@ async def test_a_callback_while_the_call_is_running_is_accepted(
     [answer] = farm.callback_answers
     assert answer.status_code == 200, answer.text
     assert answer.json()["duplicate"] is False
+    await service.run_jobs()  # the package assembly completes it
     view = await detail(service, filed["id"])
     assert view["status"] == "completed"
     job = view["jobs"][0]
@@ -290,6 +294,7 @@ async def test_a_callback_for_a_queued_job_is_accepted(
     assert answer.status_code == 200, answer.text
     assert answer.json() == {"job_id": job["id"], "status": "succeeded", "duplicate": False}
     await drive(service, farm)
+    await service.run_jobs()  # the package assembly completes it
     view = await detail(service, filed["id"])
     assert view["status"] == "completed"
     assert view["jobs"][0]["status"] == "succeeded"
@@ -334,6 +339,7 @@ async def test_invalid_results_are_422_naming_the_field(
         service, job_id, fixed, secret=secret, msg_id="msg_retained without items"
     )
     assert answer.status_code == 200, answer.text
+    await service.run_jobs()  # the package assembly completes it
     view = await detail(service, request_id)
     assert view["status"] == "completed"
     assert view["jobs"][0]["retained"][0]["until"] == "2035-05-01"
@@ -430,6 +436,7 @@ async def test_a_rotated_secret_signs_callbacks_only_during_its_grace(
     with_old = await post_callback(service, first_job, result(), secret=old_secret)
     assert with_old.status_code == old_secret_status, with_old.text
     if old_secret_status == 200:
+        await service.run_jobs()  # the package assembly completes it
         assert (await detail(service, first_request))["status"] == "completed"
         service.clock.advance(hours=25)
         expired = await post_callback(
@@ -442,4 +449,5 @@ async def test_a_rotated_secret_signs_callbacks_only_during_its_grace(
 
     with_new = await post_callback(service, second_job, result(), secret=new, msg_id="msg_3")
     assert with_new.status_code == 200, with_new.text
+    await service.run_jobs()  # the package assembly completes it
     assert (await detail(service, second_request))["status"] == "completed"

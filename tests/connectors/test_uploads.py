@@ -138,6 +138,8 @@ async def test_uploaded_data_is_encrypted_and_counted_with_the_result(
     )
     assert without.status_code == 200, without.text
 
+    await service.run_jobs()  # the package assembly completes it
+
     view = await detail(service, request_id)
     assert view["status"] == "completed"
     counts = {j["connector_name"]: j["data_files"] for j in view["jobs"]}

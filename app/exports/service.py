@@ -1,0 +1,302 @@
+"""Answer packages: assembled when an access or portability request's last system has
+answered, then the request completes; downloaded with the status token; deleted (with the
+connector results they came from) after ``DSR_EXPORT_TTL_DAYS``.
+
+Assembly runs in a worker thread (it is CPU and file work) outside any transaction; only
+recording the package and completing the request take a unit of work, under the request's
+lock, so a request cancelled meanwhile gets no package.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.audit import service as audit
+from app.config import decode_key
+from app.connectors import results
+from app.connectors import service as connectors
+from app.deadlines import get_regime
+from app.errors import Gone, NotFound
+from app.exports.assembly import SourceFile, SystemInput, build_package
+from app.exports.models import ExportPackage, PackageStatus
+from app.exports.report import render_report
+from app.exports.signing import PackageSigner
+from app.jobs import service as jobs
+from app.jobs.models import Job
+from app.jobs.registry import FINISHED, handler, periodic
+from app.jobs.worker import JobContext, payload_of
+from app.kit.clock import rfc3339, utc
+from app.kit.ids import new_id
+from app.kit.streams import iter_decrypted
+from app.requests import service as requests
+from app.requests.models import DsrRequest
+from app.requests.states import RequestStatus, RequestType
+from app.runtime import Runtime
+
+log = logging.getLogger("dsr.exports")
+
+ASSEMBLE_KIND = "exports.assemble"
+EXPIRE_KIND = "exports.expire"
+ACTIVE = (RequestStatus.in_progress, RequestStatus.action_required)
+
+
+def signer(rt: Runtime) -> PackageSigner:
+    found = rt.extras.get("export_signer")
+    if found is None:
+        found = rt.extras["export_signer"] = PackageSigner(decode_key(rt.settings.encryption_key))
+    return found
+
+
+def exports_dir(rt: Runtime) -> Path:
+    path = rt.settings.data_dir / "exports"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _context(package_id: str) -> str:
+    return f"export:{package_id}"
+
+
+async def queue_assembly(session: AsyncSession, *, request_id: str, now: datetime) -> None:
+    await jobs.enqueue(
+        session,
+        ASSEMBLE_KIND,
+        {"request_id": request_id},
+        now=now,
+        request_id=request_id,
+        queueing_lock=f"assemble:{request_id}",
+    )
+
+
+async def package_for(session: AsyncSession, request_id: str) -> ExportPackage | None:
+    return (
+        await session.exec(select(ExportPackage).where(col(ExportPackage.request_id) == request_id))
+    ).first()
+
+
+def view(package: ExportPackage | None) -> dict[str, Any] | None:
+    """The contract's ``export`` field."""
+    if package is None:
+        return None
+    if package.status != PackageStatus.ready:
+        return {"ready": False, "expired": True, "expires_at": package.expires_at}
+    return {
+        "ready": True,
+        "expires_at": package.expires_at,
+        "size_bytes": package.size_bytes,
+        "sha256": package.sha256,
+    }
+
+
+# --- assembly -------------------------------------------------------------------------------
+
+
+def _sources(rt: Runtime, job_id: str, files: list[dict[str, Any]]) -> list[SourceFile]:
+    return [
+        SourceFile(
+            format=entry["format"],
+            size=entry["bytes"],
+            chunks=partial(results.read_chunks, rt, job_id, entry["file"]),
+        )
+        for entry in files
+    ]
+
+
+@handler(ASSEMBLE_KIND)
+async def assemble(ctx: JobContext, job: Job) -> object:
+    request_id = payload_of(job)["request_id"]
+    async with ctx.read_sessions() as session:
+        req = await session.get(DsrRequest, request_id)
+        if req is None or req.status not in ACTIVE:
+            return None
+        pairs = await connectors.jobs_for_request(session, request_id)
+    subject = requests.subject_of(ctx, req)
+    systems = [
+        SystemInput(
+            name=connector.name,
+            outcome=cj.outcome,
+            processing=connectors.decoded(connector)["processing"],
+            sources=_sources(ctx, cj.id, connectors.data_files_of(cj)),
+        )
+        for cj, connector in pairs
+        if cj.status == "succeeded"
+    ]
+    now = ctx.clock.now()
+    package_id = new_id("pkg")
+    file_name = f"{package_id}.zip.enc"
+    request_info = {
+        "id": req.id,
+        "type": req.type,
+        "jurisdiction": req.jurisdiction,
+        "received_at": rfc3339(utc(req.received_at)),
+        "answered_at": rfc3339(now),
+    }
+    regime = get_regime(req.jurisdiction)
+    language = req.language
+
+    def report(described: list[dict[str, Any]]) -> str:
+        html, _ = render_report(
+            language=language,
+            default_language=ctx.settings.default_language,
+            context={
+                "request": {
+                    **request_info,
+                    "email": subject["email"],
+                    "received": utc(req.received_at).astimezone(ctx.settings.tz).date(),
+                    "answered": now.astimezone(ctx.settings.tz).date(),
+                },
+                "systems": described,
+                "organisation": ctx.settings.organisation,
+                "authority_name": regime.authority_name,
+                "authority_url": regime.authority_url,
+            },
+        )
+        return html
+
+    path = exports_dir(ctx) / file_name
+    built = await asyncio.to_thread(
+        build_package,
+        path,
+        wrapping_key=ctx.sealer.file_key,
+        context=_context(package_id),
+        signer=signer(ctx),
+        request=request_info,
+        systems=systems,
+        report=report if req.type == RequestType.access else None,
+    )
+    try:
+        async with ctx.session() as session:
+            locked = await requests.lock(session, request_id)
+            if locked is None or locked.status not in ACTIVE:
+                path.unlink(missing_ok=True)
+                await jobs.finish(session, job, now=now)
+                return FINISHED
+            previous = await package_for(session, request_id)
+            if previous is not None:
+                _delete_file(ctx, previous)
+                await session.delete(previous)
+                await session.flush()
+            session.add(
+                ExportPackage(
+                    id=package_id,
+                    request_id=request_id,
+                    file_name=file_name,
+                    size_bytes=built.size,
+                    sha256=built.sha256,
+                    language=language or ctx.settings.default_language,
+                    created_at=now,
+                    expires_at=now + timedelta(days=ctx.settings.export_ttl_days),
+                )
+            )
+            await audit.record(
+                session,
+                actor="system",
+                action="export.ready",
+                now=now,
+                request_id=request_id,
+                details={"package_id": package_id, "bytes": built.size, "sha256": built.sha256},
+            )
+            pairs = await connectors.jobs_for_request(session, request_id)
+            await requests.complete(
+                session, rt=ctx, req=locked, now=now, outcomes=connectors.outcomes_of(pairs)
+            )
+            await jobs.finish(session, job, now=now)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return FINISHED
+
+
+# --- download -------------------------------------------------------------------------------
+
+
+async def downloadable(session: AsyncSession, req: DsrRequest) -> ExportPackage:
+    package = await package_for(session, req.id)
+    if package is None:
+        raise NotFound("this request has no package (yet): see export.ready in its status")
+    if package.status != PackageStatus.ready:
+        raise Gone(
+            "the package was deleted when its retention period ended; file a new access "
+            "request (POST /v1/requests) to receive your data again",
+            extra={"expired_at": rfc3339(utc(package.deleted_at or package.expires_at))},
+        )
+    return package
+
+
+def read_package(
+    rt: Runtime, package: ExportPackage, *, start: int = 0, end: int | None = None
+) -> Iterator[bytes]:
+    return iter_decrypted(
+        exports_dir(rt) / package.file_name,
+        wrapping_key=rt.sealer.file_key,
+        context=_context(package.id),
+        start=start,
+        end=end,
+    )
+
+
+async def record_download(
+    session: AsyncSession, *, package: ExportPackage, now: datetime, byte_range: str | None
+) -> None:
+    package.downloads += 1
+    session.add(package)
+    await audit.record(
+        session,
+        actor="subject",
+        action="export.downloaded",
+        now=now,
+        request_id=package.request_id,
+        details={"package_id": package.id, "range": byte_range},
+    )
+
+
+# --- expiry ---------------------------------------------------------------------------------
+
+
+def _delete_file(rt: Runtime, package: ExportPackage) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        (exports_dir(rt) / package.file_name).unlink()
+
+
+@periodic(EXPIRE_KIND, every_seconds=3600)
+async def expire_packages(ctx: JobContext, job: Job) -> None:
+    """Delete packages past their retention, and the connector results they were built
+    from: the personal data the service held for the answer goes with them."""
+    now = ctx.clock.now()
+    async with ctx.session() as session:
+        rows = await session.exec(
+            select(ExportPackage)
+            .where(
+                col(ExportPackage.status) == PackageStatus.ready,
+                col(ExportPackage.expires_at) <= now,
+            )
+            .limit(200)
+            .with_for_update(skip_locked=True)
+        )
+        for package in rows.all():
+            _delete_file(ctx, package)
+            for cj, _ in await connectors.jobs_for_request(session, package.request_id):
+                names = [entry["file"] for entry in connectors.data_files_of(cj)]
+                results.delete(ctx, names)
+                cj.data_files = None
+                session.add(cj)
+            package.status, package.deleted_at = PackageStatus.expired, now
+            session.add(package)
+            await audit.record(
+                session,
+                actor="system",
+                action="export.expired",
+                now=now,
+                request_id=package.request_id,
+                details={"package_id": package.id},
+            )
