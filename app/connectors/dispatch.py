@@ -112,9 +112,19 @@ async def settle(session: AsyncSession, rt: Runtime, req: DsrRequest, *, now: da
             # The answer is a package: its assembly completes the request.
             await exports.queue_assembly(session, request_id=req.id, now=now)
             return
-        await requests.complete(
-            session, rt=rt, req=req, now=now, outcomes=registry.outcomes_of(pairs)
-        )
+        outcomes = registry.outcomes_of(pairs, request_type=req.type)
+        recipients = sorted({r for o in outcomes for r in o["recipients_notified"]})
+        if recipients:
+            # Art. 19: the change is passed on to each recipient the registry names.
+            await audit.record(
+                session,
+                actor=SYSTEM,
+                action="recipients.notified",
+                now=now,
+                request_id=req.id,
+                details={"recipients": recipients},
+            )
+        await requests.complete(session, rt=rt, req=req, now=now, outcomes=outcomes)
         return
     waiting = [cj.id for cj, _ in pairs if cj.status in (J.failed, J.waiting_for_staff)]
     await requests.set_progress(

@@ -297,13 +297,28 @@ async def oldest_unfinished(session: AsyncSession) -> datetime | None:
     ).one()
 
 
-def outcomes_of(pairs: list[tuple[ConnectorJob, Connector]]) -> list[dict[str, Any]]:
+# GDPR Art. 19: recipients are told of a rectification, erasure or restriction.
+NOTIFY_RECIPIENTS = frozenset({"erasure", "rectification", "restriction"})
+NOTIFYING_OUTCOMES = frozenset({"erased", "retained", "rectified", "restricted"})
+
+
+def recipients_notified(request_type: str, job: ConnectorJob, connector: Connector) -> list[str]:
+    """The recipients registered for a system that changed the data (Art. 19)."""
+    if request_type not in NOTIFY_RECIPIENTS or job.outcome not in NOTIFYING_OUTCOMES:
+        return []
+    return list(decoded(connector)["processing"].get("recipients") or [])
+
+
+def outcomes_of(
+    pairs: list[tuple[ConnectorJob, Connector]], *, request_type: str
+) -> list[dict[str, Any]]:
     """Each system's outcome, for the completion e-mail and the answer package."""
     return [
         {
             "system": connector.name,
             "outcome": job.outcome,
             "retained": json.loads(job.retained) if job.retained else [],
+            "recipients_notified": recipients_notified(request_type, job, connector),
         }
         for job, connector in pairs
         if job.status == "succeeded"

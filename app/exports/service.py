@@ -208,7 +208,11 @@ async def assemble(ctx: JobContext, job: Job) -> object:
             )
             pairs = await connectors.jobs_for_request(session, request_id)
             await requests.complete(
-                session, rt=ctx, req=locked, now=now, outcomes=connectors.outcomes_of(pairs)
+                session,
+                rt=ctx,
+                req=locked,
+                now=now,
+                outcomes=connectors.outcomes_of(pairs, request_type=locked.type),
             )
             await jobs.finish(session, job, now=now)
     except BaseException:

@@ -208,8 +208,13 @@ def _language_of(context: Context) -> str:
 @pass_context
 def longdate(context: Context, value: object) -> str:
     """``2 mars 2026`` / ``2 March 2026``, without the process-wide, thread-unsafe ``locale``."""
+    if isinstance(value, str):
+        try:
+            value = date.fromisoformat(value)  # dates that came through JSON
+        except ValueError:
+            return value  # already formatted by the caller
     if not isinstance(value, date):
-        return str(value)  # already formatted by the caller
+        return str(value)
     language = _language_of(context)
     month = _MONTHS[language][value.month - 1]
     day = "1er" if language == "fr" and value.day == 1 else str(value.day)

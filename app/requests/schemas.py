@@ -134,6 +134,9 @@ class OutcomeOut(BaseModel):
     outcome: str
     summary: str
     retained: list[RetainedOut] = []
+    recipients_notified: list[str] = Field(
+        [], description="recipients told of the change (GDPR Art. 19)"
+    )
 
 
 class IntakeOut(BaseModel):

@@ -44,6 +44,7 @@ async def outcomes_of(session: AsyncSession, rt: Runtime, req: DsrRequest) -> li
             "outcome": job.outcome,
             "summary": outcome_summary(job.outcome, req.language, rt.settings.default_language),
             "retained": json.loads(job.retained) if job.retained else [],
+            "recipients_notified": connectors.recipients_notified(req.type, job, connector),
         }
         for job, connector in await connectors.jobs_for_request(session, req.id)
         if job.status == "succeeded"
