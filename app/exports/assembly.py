@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from app import __version__
-from app.exports.flatten import cell, flatten
+from app.exports.flatten import cell, flatten, row
 from app.exports.signing import PackageSigner
 from app.kit.streams import EncryptedWriter, iter_decrypted
 
@@ -169,7 +169,7 @@ class _SystemSpools:
         if source.format == "ndjson":
             for line in _lines(source.chunks()):
                 try:
-                    item = json.loads(line)
+                    item = json.loads(line.decode())
                 except ValueError:
                     self.skipped += 1
                     continue
@@ -284,7 +284,7 @@ def _write_system(
                     "count": spool.count,
                     "file": csv_path,
                     "columns": columns,
-                    "rows": [[cell(row.get(c)) for c in columns] for row in spool.preview],
+                    "rows": [row(flat, columns) for flat in spool.preview],
                 }
             )
             os.unlink(spool.path)
@@ -328,8 +328,7 @@ def _write_csv(member: _Member, spool: _Spool) -> None:
     text.write("\ufeff")  # spreadsheets then read the file as UTF-8
     rows.writerow([cell(c) for c in columns])
     for line in spool.lines():
-        flat = flatten(json.loads(line))
-        rows.writerow([cell(flat.get(c)) for c in columns])
+        rows.writerow(row(flatten(json.loads(line.decode())), columns))
         if text.tell() >= _FLUSH_AT:
             member.write(text.getvalue().encode())
             text.seek(0)

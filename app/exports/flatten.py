@@ -3,7 +3,9 @@
 
 Cells that a spreadsheet would run as a formula (starting with ``= + - @``, tab or carriage
 return) are prefixed with a quote (OWASP's advice against CSV injection); the JSON files
-keep the values exactly as sent.
+keep the values exactly as sent. This runs once per record of packages that reach
+gigabytes, so it is written for speed: exact type checks (records come from ``json``),
+no recursion for flat values.
 """
 
 from __future__ import annotations
@@ -11,42 +13,70 @@ from __future__ import annotations
 import json
 from typing import Any
 
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_FORMULA_START = frozenset("=+-@\t\r")
 
 
-def flatten(record: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(record: Any) -> dict[str, Any]:
     """``{"a": {"b": 1}, "c": [2]}`` -> ``{"a.b": 1, "c.0": 2}``; a non-object record is
     one column named ``value``."""
-    if not isinstance(record, dict):
-        return {prefix or "value": record}
+    if type(record) is not dict:
+        return {"value": record}
     out: dict[str, Any] = {}
-    _walk(record, prefix, out)
+    _object(record, "", out)
     return out
 
 
-def _walk(value: Any, prefix: str, out: dict[str, Any]) -> None:
-    if isinstance(value, dict):
-        if not value and prefix:
-            out[prefix] = "{}"
-        for key, inner in value.items():
-            _walk(inner, f"{prefix}.{key}" if prefix else str(key), out)
-    elif isinstance(value, list):
-        if not value:
-            out[prefix] = "[]"
-        for index, inner in enumerate(value):
-            _walk(inner, f"{prefix}.{index}", out)
-    else:
-        out[prefix] = value
+def _object(value: dict[str, Any], prefix: str, out: dict[str, Any]) -> None:
+    for key, inner in value.items():
+        name = prefix + key
+        kind = type(inner)
+        if kind is dict:
+            if inner:
+                _object(inner, name + ".", out)
+            else:
+                out[name] = "{}"
+        elif kind is list:
+            if inner:
+                _array(inner, name + ".", out)
+            else:
+                out[name] = "[]"
+        else:
+            out[name] = inner
 
 
-def cell(value: Any) -> str:
+def _array(value: list[Any], prefix: str, out: dict[str, Any]) -> None:
+    for index, inner in enumerate(value):
+        name = prefix + str(index)
+        kind = type(inner)
+        if kind is dict:
+            if inner:
+                _object(inner, name + ".", out)
+            else:
+                out[name] = "{}"
+        elif kind is list:
+            if inner:
+                _array(inner, name + ".", out)
+            else:
+                out[name] = "[]"
+        else:
+            out[name] = inner
+
+
+def cell(value: Any) -> Any:
+    """A value as the CSV writer should get it: text guarded against formulas, booleans in
+    lower case, nothing for null; numbers as they are."""
+    kind = type(value)
+    if kind is str:
+        return "'" + value if value and value[0] in _FORMULA_START else value
     if value is None:
         return ""
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    if text.startswith(_FORMULA_START):
-        return "'" + text
-    return text
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is int or kind is float:
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+def row(flat: dict[str, Any], columns: list[str]) -> list[Any]:
+    get = flat.get
+    return [cell(get(column)) for column in columns]

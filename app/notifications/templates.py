@@ -212,7 +212,7 @@ def longdate(context: Context, value: object) -> str:
         try:
             value = date.fromisoformat(value)  # dates that came through JSON
         except ValueError:
-            return value  # already formatted by the caller
+            return str(value)  # already formatted by the caller
     if not isinstance(value, date):
         return str(value)
     language = _language_of(context)
