@@ -54,6 +54,9 @@ class Connector(SQLModel, table=True):
     request_types: str = Field(sa_column=_text())
     identity_types: str = Field(sa_column=_text())
     categories: str = Field(sa_column=_text())
+    # The categories the person provided (Art. 20): a portability package holds only these.
+    # NULL: the connector does not say, and every category goes in.
+    provided_categories: str | None = Field(default=None, sa_column=_text(nullable=True))
     processing: str = Field(sa_column=_text())
     timeout_s: float = 10
     max_attempts: int = 8

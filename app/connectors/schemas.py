@@ -43,6 +43,11 @@ class ConnectorFields(Strict):
     request_types: Annotated[list[RequestType], Field(min_length=1)] = list(RequestType)
     identity_types: Annotated[list[IdentityType], Field(min_length=1)] = ["email"]
     categories: Annotated[list[Category], Field(max_length=200)] = []
+    provided_categories: Annotated[list[Category], Field(max_length=200)] | None = Field(
+        None,
+        description="categories the person provided (GDPR Art. 20); a portability package "
+        "holds only these. Unset: all categories.",
+    )
     processing: Processing = Processing()
     timeout_s: Annotated[float, Field(gt=0, le=300)] = 10
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 8
@@ -64,6 +69,7 @@ class ConnectorPatch(Strict):
     request_types: Annotated[list[RequestType], Field(min_length=1)] | None = None
     identity_types: Annotated[list[IdentityType], Field(min_length=1)] | None = None
     categories: Annotated[list[Category], Field(max_length=200)] | None = None
+    provided_categories: Annotated[list[Category], Field(max_length=200)] | None = None
     processing: Processing | None = None
     timeout_s: Annotated[float, Field(gt=0, le=300)] | None = None
     max_attempts: Annotated[int, Field(ge=1, le=100)] | None = None
@@ -81,6 +87,7 @@ class ConnectorOut(BaseModel):
     request_types: list[RequestType]
     identity_types: list[str]
     categories: list[str]
+    provided_categories: list[str] | None
     processing: Processing
     timeout_s: float
     max_attempts: int

@@ -36,7 +36,10 @@ def _dump(value: Any) -> str:
 
 def decoded(connector: Connector) -> dict[str, Any]:
     """The registry entry with its JSON columns read back."""
-    return {name: json.loads(getattr(connector, name)) for name in _JSON_FIELDS}
+    found = {name: json.loads(getattr(connector, name)) for name in _JSON_FIELDS}
+    provided = connector.provided_categories
+    found["provided_categories"] = json.loads(provided) if provided is not None else None
+    return found
 
 
 def view(connector: Connector, *, now: datetime) -> dict[str, Any]:
@@ -96,6 +99,9 @@ async def create(
         request_types=_dump(sorted(set(body.request_types))),
         identity_types=_dump(sorted(set(body.identity_types))),
         categories=_dump(body.categories),
+        provided_categories=None
+        if body.provided_categories is None
+        else _dump(body.provided_categories),
         processing=_dump(body.processing.model_dump()),
         timeout_s=body.timeout_s,
         max_attempts=body.max_attempts,
@@ -147,7 +153,7 @@ async def update(
         raise Conflict("this connector was deleted; register a new one")
     changes = body.model_dump(exclude_unset=True)
     for name, value in changes.items():
-        if value is None and name not in ("url", "callback_timeout_s"):
+        if value is None and name not in ("url", "callback_timeout_s", "provided_categories"):
             raise InvalidInput.field(("body", name), "may not be null")
     mode = changes.get("mode", connector.mode)
     _check_url(rt, changes.get("url", connector.url), mode)
@@ -157,6 +163,8 @@ async def update(
         if name in ("request_types", "identity_types"):
             value = _dump(sorted(set(value)))
         elif name in ("categories", "processing"):
+            value = _dump(value)
+        elif name == "provided_categories" and value is not None:
             value = _dump(value)
         setattr(connector, name, value)
     connector.updated_at = now

@@ -59,6 +59,7 @@ class SystemInput:
     outcome: str | None
     processing: dict[str, Any]
     sources: list[SourceFile] = field(default_factory=list)
+    only_categories: frozenset[str] | None = None  # portability: what the person provided
 
 
 @dataclass
@@ -142,6 +143,16 @@ class _Spool:
         yield from _lines(iter_decrypted(self.path, wrapping_key=self.key, context=self.path.name))
 
 
+class _Discard:
+    """Where records of categories left out of the package go."""
+
+    def add(self, record: Any) -> None:
+        pass
+
+
+_DISCARD: Any = _Discard()
+
+
 def _lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
     rest = b""
     for chunk in chunks:
@@ -153,13 +164,15 @@ def _lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
 
 
 class _SystemSpools:
-    def __init__(self, directory: Path, key: bytes) -> None:
-        self.directory, self.key = directory, key
+    def __init__(self, directory: Path, key: bytes, only: frozenset[str] | None = None) -> None:
+        self.directory, self.key, self.only = directory, key, only
         self.by_category: dict[str, _Spool] = {}
         self.verbatim: list[SourceFile] = []
         self.skipped = 0
 
     def spool(self, category: str) -> _Spool:
+        if self.only is not None and category not in self.only:
+            return _DISCARD
         if category not in self.by_category:
             path = self.directory / f"{secrets.token_hex(8)}.spool"
             self.by_category[category] = _Spool(path, self.key)
@@ -261,7 +274,7 @@ def _manifest_entry(entry: dict[str, Any]) -> dict[str, Any]:
 def _write_system(
     zf: zipfile.ZipFile, system: SystemInput, name: str, work: Path, key: bytes
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    spools = _SystemSpools(work, key)
+    spools = _SystemSpools(work, key, system.only_categories)
     for source in system.sources:
         spools.take(source)
     spools.close()

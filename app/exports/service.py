@@ -112,6 +112,14 @@ def _sources(rt: Runtime, job_id: str, files: list[dict[str, Any]]) -> list[Sour
     ]
 
 
+def _portable(request_type: str, provided: list[str] | None) -> frozenset[str] | None:
+    """Art. 20 covers the data the person provided: where a connector names those
+    categories, a portability package holds only them."""
+    if request_type != RequestType.portability or provided is None:
+        return None
+    return frozenset(provided)
+
+
 @handler(ASSEMBLE_KIND)
 async def assemble(ctx: JobContext, job: Job) -> object:
     request_id = payload_of(job)["request_id"]
@@ -125,11 +133,13 @@ async def assemble(ctx: JobContext, job: Job) -> object:
         SystemInput(
             name=connector.name,
             outcome=cj.outcome,
-            processing=connectors.decoded(connector)["processing"],
+            processing=registry_entry["processing"],
             sources=_sources(ctx, cj.id, connectors.data_files_of(cj)),
+            only_categories=_portable(req.type, registry_entry["provided_categories"]),
         )
         for cj, connector in pairs
         if cj.status == "succeeded"
+        for registry_entry in (connectors.decoded(connector),)
     ]
     now = ctx.clock.now()
     package_id = new_id("pkg")

@@ -278,3 +278,25 @@ async def test_dsr_export_verify_checks_a_downloaded_package(
         check=False,
     )
     assert failed.returncode == 1
+
+
+async def test_a_portability_package_holds_only_what_the_person_provided(
+    service: Service, farm: ConnectorFarm
+) -> None:
+    await register(
+        service,
+        farm,
+        "shop",
+        answers(result(data=SHOP_DATA)),
+        provided_categories=["identity"],
+    )
+    await register(service, farm, "crm", answers(result(data={"notes": [{"n": 1}]})))
+    filed = await service.file_verified(
+        {"type": "portability", "subject": {"email": "ana@example.org"}}
+    )
+    await drive(service, farm)
+    package = zipfile.ZipFile(io.BytesIO((await _download(service, filed)).content))
+    assert json.loads(package.read("data/shop.json")) == {"identity": SHOP_DATA["identity"]}
+    assert json.loads(package.read("data/crm.json")) == {"notes": [{"n": 1}]}
+    assert "report.html" not in package.namelist()
+    assert "data/shop/orders.csv" not in package.namelist()
