@@ -333,5 +333,21 @@ def outcomes_of(
     ]
 
 
+async def requests_holding_data(
+    session: AsyncSession, *, statuses: Sequence[str], limit: int = 200
+) -> list[str]:
+    """Requests in one of ``statuses`` whose jobs still hold stored connector data."""
+    from app.requests.models import DsrRequest
+
+    rows = await session.exec(
+        select(ConnectorJob.request_id)
+        .join(DsrRequest, col(DsrRequest.id) == col(ConnectorJob.request_id))
+        .where(col(ConnectorJob.data_files).is_not(None), col(DsrRequest.status).in_(statuses))
+        .distinct()
+        .limit(limit)
+    )
+    return list(rows.all())
+
+
 def data_files_of(job: ConnectorJob) -> list[dict[str, Any]]:
     return json.loads(job.data_files) if job.data_files else []

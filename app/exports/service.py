@@ -314,3 +314,26 @@ async def expire_packages(ctx: JobContext, job: Job) -> None:
                 request_id=package.request_id,
                 details={"package_id": package.id},
             )
+        await _drop_results_of_closed_requests(ctx, session, now=now)
+
+
+async def _drop_results_of_closed_requests(
+    rt: Runtime, session: AsyncSession, *, now: datetime
+) -> None:
+    """Records that systems sent for a request then cancelled or rejected never make a
+    package: they are deleted at the next sweep instead of waiting for one."""
+    for request_id in await connectors.requests_holding_data(
+        session, statuses=[RequestStatus.cancelled, RequestStatus.rejected]
+    ):
+        for cj, _ in await connectors.jobs_for_request(session, request_id):
+            results.delete(rt, [entry["file"] for entry in connectors.data_files_of(cj)])
+            cj.data_files = None
+            session.add(cj)
+        await audit.record(
+            session,
+            actor="system",
+            action="connector_results.deleted",
+            now=now,
+            request_id=request_id,
+            details={"why": "request closed without an answer package"},
+        )

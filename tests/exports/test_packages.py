@@ -18,7 +18,7 @@ import pytest
 from app.exports.verify import verify_package
 from tests.conftest import Service, bearer
 from tests.connectors.conftest import detail, drive, register
-from tests.fixtures.connectors import ConnectorFarm, answers, calls_back, result
+from tests.fixtures.connectors import ConnectorFarm, answers, calls_back, result, silent
 
 SHOP_DATA = {
     "identity": [{"email": "ana@example.org", "name": "Ána Ruíz <script>alert(1)</script>"}],
@@ -300,3 +300,22 @@ async def test_a_portability_package_holds_only_what_the_person_provided(
     assert json.loads(package.read("data/crm.json")) == {"notes": [{"n": 1}]}
     assert "report.html" not in package.namelist()
     assert "data/shop/orders.csv" not in package.namelist()
+
+
+async def test_data_of_a_request_cancelled_before_its_package_is_deleted(
+    service: Service, farm: ConnectorFarm
+) -> None:
+    await register(service, farm, "shop", answers(result(data=SHOP_DATA)))
+    await register(service, farm, "slow", silent())
+    filed = await service.file_verified()
+    await service.run_jobs()  # shop answered and its data is stored; slow has not called back
+    assert list(service.settings.results_dir.glob("*.bin"))
+    cancelled = await service.client.post(
+        f"/v1/requests/{filed['id']}/cancel", headers=bearer(filed["status_token"])
+    )
+    assert cancelled.status_code == 200, cancelled.text
+    await farm.settled()
+    await service.run_periodic()
+    assert not list(service.settings.results_dir.glob("*.bin"))
+    events = [e["action"] for e in (await detail(service, filed["id"]))["events"]]
+    assert "connector_results.deleted" in events
