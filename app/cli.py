@@ -146,7 +146,7 @@ def cmd_openapi(args: argparse.Namespace) -> None:
 
 
 def cmd_audit_verify(_: argparse.Namespace) -> None:
-    from app.audit.service import verify_chain
+    from app.audit.service import link_all, verify_chain
     from app.runtime import build_runtime
 
     settings = _settings()
@@ -154,6 +154,7 @@ def cmd_audit_verify(_: argparse.Namespace) -> None:
     async def main() -> dict:
         runtime = build_runtime(settings)
         try:
+            await link_all(runtime.session)
             async with runtime.session() as session:
                 return (await verify_chain(session)).as_dict()
         finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 def register_tasks() -> None:
+    import app.audit.linker
     import app.connectors.dispatch
     import app.deadlines.reminders
     import app.exports.service

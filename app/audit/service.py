@@ -2,9 +2,14 @@
 
 Each event carries the hash of the one before it; the hash covers the event's sequence
 number, time, actor, action, request id and details, so editing, deleting or reordering any
-stored event breaks verification at that event. Appending locks the one-row chain head
-(``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite's writer lock does the same job), so chains
-stay linear under concurrent writers. Details must never hold identity values.
+stored event breaks verification at that event.
+
+Recording takes no lock: a unit of work writes its events to ``audit_pending`` as it
+commits. A linker (the ``audit.link`` job every second, and every verification first) moves
+them into the chain in order, under the one-row chain head's lock (``SELECT ... FOR
+UPDATE`` on PostgreSQL; SQLite's writer lock does the same job), many at a time. Before,
+every transaction took that lock to append its own events, and all writes of the service,
+on every process, queued behind it. Details must never hold identity values.
 """
 
 from __future__ import annotations
@@ -15,15 +20,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, text, update
-from sqlmodel import col, select
+from sqlalchemy import Table, delete, insert, text, update
+from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.audit.models import AuditChainHead, AuditEvent
+from app.audit.models import AuditChainHead, AuditEvent, AuditPending
 from app.db import before_commit
 from app.kit.clock import rfc3339
 
 GENESIS = "0" * 64
+EVENT_TABLE: Table = AuditEvent.__table__  # type: ignore[attr-defined]
+PENDING_TABLE: Table = AuditPending.__table__  # type: ignore[attr-defined]
+HEAD_TABLE: Table = AuditChainHead.__table__  # type: ignore[attr-defined]
 HEAD_ID = 1
 
 
@@ -57,9 +65,8 @@ async def record(
     request_id: str | None = None,
     details: dict[str, Any] | None = None,
 ) -> None:
-    """Add one event to the chain, in the caller's unit of work. Events are linked and
-    written just before the unit of work commits (``append_pending``), so the chain head is
-    locked only for the last statements of the transaction."""
+    """Add one event to the trail, in the caller's unit of work: written with it (just
+    before it commits, in one insert), linked into the chain moments later."""
     body = json.dumps(details or {}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     session.info.setdefault(PENDING, []).append(
         {
@@ -74,38 +81,70 @@ async def record(
 
 
 async def append_pending(session: AsyncSession) -> None:
-    """Link the unit of work's pending events to the chain and write them."""
+    """Write the unit of work's events to ``audit_pending``: a plain insert, no lock."""
     pending: list[dict[str, Any]] = session.info.pop(PENDING, [])
     if not pending:
         return
-    await session.flush()  # the rest of the work first: the head lock is taken last
+    conn = await session.connection()
+    await conn.execute(insert(PENDING_TABLE), pending)
+
+
+LINK_BATCH = 2000
+
+
+async def link_pending(session: AsyncSession, *, limit: int = LINK_BATCH) -> int:
+    """Move up to ``limit`` pending events into the chain, oldest first: each gets the next
+    sequence number and the hash of the one before. The head's row lock (SQLite's writer
+    lock) keeps the chain linear when linkers run at once. Returns how many were linked."""
     conn = await session.connection()
     postgres = conn.dialect.name == "postgresql"
     lock = " FOR UPDATE" if postgres else ""
     head = (
         await conn.execute(text(f"SELECT seq, hash FROM audit_chain_head WHERE id = 1{lock}"))
     ).one_or_none()
+    waiting = (
+        await conn.execute(
+            select(PENDING_TABLE).order_by(PENDING_TABLE.c.id).limit(limit)  # type: ignore[call-overload]
+        )
+    ).all()
+    if not waiting:
+        return 0
     seq, prev = (head[0], head[1]) if head is not None else (0, GENESIS)
     rows = []
-    for event in pending:
+    for event in waiting:
+        fields = {
+            "request_id": event.request_id,
+            "actor": event.actor,
+            "action": event.action,
+            "details": event.details,
+            "created_at": event.created_at,
+        }
         seq += 1
-        digest = event_hash(seq=seq, prev_hash=prev, **event)
-        rows.append({**event, "seq": seq, "prev_hash": prev, "hash": digest})
+        digest = event_hash(seq=seq, prev_hash=prev, **fields)
+        rows.append({**fields, "seq": seq, "prev_hash": prev, "hash": digest})
         prev = digest
     if head is None:
         await conn.execute(
             text("INSERT INTO audit_chain_head (id, seq, hash) VALUES (1, 0, :hash)"),
             {"hash": GENESIS},
         )
-    events = AuditEvent.__table__  # type: ignore[attr-defined]
-    heads = AuditChainHead.__table__  # type: ignore[attr-defined]
-    move_head = update(heads).where(heads.c.id == HEAD_ID).values(seq=seq, hash=prev)
-    if postgres:
-        # One round trip while the head is locked: WITH ins AS (INSERT ...) UPDATE head.
-        await conn.execute(move_head.add_cte(insert(events).values(rows).cte("ins")))
-    else:
-        await conn.execute(insert(events), rows)
-        await conn.execute(move_head)
+    await conn.execute(insert(EVENT_TABLE), rows)
+    await conn.execute(delete(PENDING_TABLE).where(PENDING_TABLE.c.id <= waiting[-1].id))
+    await conn.execute(
+        update(HEAD_TABLE).where(HEAD_TABLE.c.id == HEAD_ID).values(seq=seq, hash=prev)
+    )
+    return len(rows)
+
+
+async def link_all(session_scope: Any) -> int:
+    """Link every pending event, a batch per unit of work (verification starts with it)."""
+    total = 0
+    while True:
+        async with session_scope() as session:
+            linked = await link_pending(session)
+        total += linked
+        if linked < LINK_BATCH:
+            return total
 
 
 @dataclass(frozen=True)
@@ -170,9 +209,33 @@ async def verify_chain(session: AsyncSession, *, batch: int = 5000) -> ChainRepo
     return ChainReport(True, count)
 
 
-async def events_for_request(session: AsyncSession, request_id: str) -> list[AuditEvent]:
+async def events_for_request(session: AsyncSession, request_id: str) -> list[Any]:
+    """The request's trail: linked events in chain order, then those not linked yet (their
+    ``seq`` is None until the linker reaches them)."""
     await append_pending(session)  # this unit of work's own events are part of the trail
-    rows = await session.exec(
+    linked = await session.exec(
         select(AuditEvent).where(AuditEvent.request_id == request_id).order_by(col(AuditEvent.seq))
     )
-    return list(rows.all())
+    waiting = await session.exec(
+        select(AuditPending)
+        .where(AuditPending.request_id == request_id)
+        .order_by(col(AuditPending.id))
+    )
+    return [*linked.all(), *(_unlinked(p) for p in waiting.all())]
+
+
+def _unlinked(event: AuditPending) -> AuditEvent:
+    return AuditEvent.model_construct(
+        seq=None,  # type: ignore[arg-type]  # not in the chain yet
+        request_id=event.request_id,
+        actor=event.actor,
+        action=event.action,
+        details=event.details,
+        created_at=event.created_at,
+        prev_hash="",
+        hash="",
+    )
+
+
+async def pending_count(session: AsyncSession) -> int:
+    return (await session.exec(select(func.count()).select_from(AuditPending))).one()

@@ -200,7 +200,7 @@ class DeadlineExplanation(BaseModel):
 
 
 class EventOut(BaseModel):
-    seq: int
+    seq: int | None = Field(description="place in the audit chain; null for a moment, until linked")
     at: datetime
     actor: str
     action: str

@@ -29,6 +29,7 @@ async def verify(service: Service) -> dict[str, Any]:
 
 
 async def stored_events(service: Service) -> list[AuditEvent]:
+    await audit.link_all(service.runtime.session)  # recorded events are linked moments later
     async with service.runtime.session() as session:
         return list((await session.exec(select(AuditEvent).order_by(col(AuditEvent.seq)))).all())
 
@@ -91,8 +92,8 @@ async def test_a_staff_view_lists_the_same_events_as_the_chain(service: Service)
     request_ids = await activity(service)
 
     for request_id in request_ids:
-        view = await service.client.get(f"/v1/admin/requests/{request_id}", headers=staff_headers())
         chain = [e for e in await stored_events(service) if e.request_id == request_id]
+        view = await service.client.get(f"/v1/admin/requests/{request_id}", headers=staff_headers())
         assert [(e["seq"], e["action"]) for e in view.json()["events"]] == [
             (e.seq, e.action) for e in chain
         ]
@@ -199,6 +200,7 @@ async def test_deleting_an_event_in_the_middle_is_detected(service: Service) -> 
 
 async def test_deleting_every_event_is_detected(service: Service) -> None:
     await activity(service)
+    assert await stored_events(service)  # linked into the chain
 
     await execute(service, text("DELETE FROM audit_event"))
 
@@ -272,3 +274,25 @@ async def test_cli_verify_prints_the_report_and_exits_1_when_broken(
     assert code == 1
     report = json.loads(capsys.readouterr().out)
     assert (report["ok"], report["broken_at"], report["events"]) == (False, 2, 1)
+
+
+async def test_a_staff_view_shows_events_not_yet_linked(service: Service) -> None:
+    filed = await service.file_verified()
+    view = await service.client.get(f"/v1/admin/requests/{filed['id']}", headers=staff_headers())
+    pending = view.json()["events"]
+    assert [e["seq"] for e in pending] == [None] * len(pending)
+    assert pending[0]["action"] == "request.received"
+    await stored_events(service)
+    view = await service.client.get(f"/v1/admin/requests/{filed['id']}", headers=staff_headers())
+    linked = view.json()["events"]
+    assert [e["action"] for e in linked] == [e["action"] for e in pending]
+    assert all(isinstance(e["seq"], int) for e in linked)
+
+
+async def test_the_link_job_links_what_was_recorded(service: Service) -> None:
+    await service.file_verified()
+    await service.run_periodic()
+    async with service.runtime.session() as session:
+        linked = (await session.exec(select(AuditEvent).order_by(col(AuditEvent.seq)))).all()
+    # What was recorded before the tick is linked (jobs that ran after it wait for the next).
+    assert [e.action for e in linked][:2] == ["request.received", "identity.verified"]
