@@ -15,13 +15,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, or_
-from sqlmodel import col, select
+from sqlalchemy import and_, delete, exists, or_, update
+from sqlalchemy import select as sa_select
+from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.audit import service as audit
@@ -243,19 +245,20 @@ class _Call:
     headers: dict[str, str]
 
 
-def _call_body(rt: Runtime, req: DsrRequest, cj: ConnectorJob, connector: Connector) -> bytes:
-    """The contract's body, with only the identities this connector declared."""
-    subject = requests.subject_of(rt, req)
+def _call_body(rt: Runtime, req: Any, cj_id: str, connector: Connector) -> bytes:
+    """The contract's body, with only the identities this connector declared. ``req`` is
+    the request's row (id, type, due_at and its sealed subject and content)."""
+    subject = rt.sealer.open_json(req.subject_sealed, context=req.id)
     wanted = json.loads(connector.identity_types)
     body: dict[str, Any] = {
-        "job_id": cj.id,
+        "job_id": cj_id,
         "request_id": req.id,
         "type": req.type,
         "subject": {name: subject[name] for name in wanted if subject.get(name)},
-        "callback_url": callback_url(rt, cj.id),
+        "callback_url": callback_url(rt, cj_id),
         "due_at": rfc3339(utc(req.due_at)),
     }
-    content = requests.content_of(rt, req)
+    content = rt.sealer.open_json(req.content_sealed, context=req.id) if req.content_sealed else {}
     if req.type == RequestType.rectification:
         body["rectifications"] = content.get("rectifications") or []
     if req.type == RequestType.objection:
@@ -304,40 +307,81 @@ async def call_connector(ctx: JobContext, job: Job) -> object:
 
 async def _start_call(ctx: JobContext, job: Job, cj_id: str) -> _Call | None:
     """Check the job still needs this call, count the attempt, build the signed body. None
-    when there is nothing to call (the job's engine job is then finished)."""
+    when there is nothing to call (the job's engine job is then finished).
+
+    The common case is two statements on this hot path: the job's row is claimed with one
+    ``UPDATE ... RETURNING`` (only that row is locked: calls for one request never queue
+    behind each other), and the request's row is read."""
     now = ctx.clock.now()
     async with ctx.session() as session:
-        # Only the job's row is locked: the request is read, and settled by a job of its own
-        # when needed, so calls for one request do not queue behind each other.
-        cj = await session.get(ConnectorJob, cj_id, with_for_update=True)
-        req = await session.get(DsrRequest, cj.request_id) if cj is not None else None
-        call: _Call | None = None
-        if cj is not None and req is not None and _wants_call(cj, now=now):
-            connector = await registry.get(session, cj.connector_id)
-            problem = _why_not_callable(ctx, connector, req)
-            if problem is not None:
-                await _fail(session, ctx, None, cj, error=problem, now=now)
-            elif connector.mode == ConnectorMode.manual:
-                cj.status, cj.updated_at = J.waiting_for_staff, now
-                await _record(session, cj, "waiting_for_staff", now=now)
-                await _tell_staff(session, ctx, req, connector, now=now)
-                await _settle_later(session, cj.request_id, now=now)
-            else:
-                cj.status, cj.attempts, cj.updated_at = J.running, cj.attempts + 1, now
-                cj.engine_job_id = job.id
-                session.add(cj)
-                assert connector.url is not None
-                body = _call_body(ctx, req, cj, connector)
-                headers = signing.sign_headers(
-                    registry.signing_secrets(ctx, connector, now=now),
-                    msg_id=f"msg_{cj.id}",
-                    body=body,
+        claimed = (
+            await session.exec(
+                update(ConnectorJob)
+                .where(col(ConnectorJob.id) == cj_id, _wants_call(now))
+                .values(
+                    status=J.running,
+                    attempts=ConnectorJob.attempts + 1,
+                    engine_job_id=job.id,
+                    updated_at=now,
                 )
-                headers["idempotency-key"] = cj.id
-                call = _Call(connector, req.type, connector.url, body, headers)
-                return call  # commits the attempt; the engine job stays running
+                .returning(col(ConnectorJob.request_id), col(ConnectorJob.connector_id))
+                .execution_options(synchronize_session=False)
+            )
+        ).one_or_none()
+        if claimed is None:
+            await jobs.finish(session, job, now=now)
+            return None
+        facts = sa_select(*REQUEST_FACTS).where(col(DsrRequest.id) == claimed[0])
+        req: Any = (await session.exec(facts)).one()  # type: ignore[call-overload]
+        connector = await _connector(ctx, session, claimed[1])
+        problem = _why_not_callable(ctx, connector, req.status)
+        if problem is None and connector.mode == ConnectorMode.webhook:
+            assert connector.url is not None
+            body = _call_body(ctx, req, cj_id, connector)
+            headers = signing.sign_headers(
+                registry.signing_secrets(ctx, connector, now=now), msg_id=f"msg_{cj_id}", body=body
+            )
+            headers["idempotency-key"] = cj_id
+            return _Call(connector, req.type, connector.url, body, headers)  # commits the attempt
+        cj = await session.get(ConnectorJob, cj_id)
+        assert cj is not None
+        if problem is not None:
+            await _fail(session, ctx, None, cj, error=problem, now=now)
+        else:  # became a manual connector since the job was queued
+            cj.status, cj.updated_at = J.waiting_for_staff, now
+            session.add(cj)
+            await _record(session, cj, "waiting_for_staff", now=now)
+            await _tell_staff(
+                session, ctx, await requests.get_by_id(session, req.id), connector, now=now
+            )
+            await _settle_later(session, cj.request_id, now=now)
         await jobs.finish(session, job, now=now)
     return None
+
+
+REQUEST_FACTS: tuple[Any, ...] = (
+    col(DsrRequest.id),
+    col(DsrRequest.type),
+    col(DsrRequest.status),
+    col(DsrRequest.due_at),
+    col(DsrRequest.subject_sealed),
+    col(DsrRequest.content_sealed),
+)
+CONNECTOR_TTL_SECONDS = 2.0
+
+
+async def _connector(rt: Runtime, session: AsyncSession, connector_id: str) -> Connector:
+    """The registry entry, from a per-process cache kept a couple of seconds: a burst of
+    calls to one system reads it once. (A change takes effect within that time.)"""
+    cache: dict[str, tuple[float, Connector]] = rt.extras.setdefault("connector_cache", {})
+    held = cache.get(connector_id)
+    moment = time.monotonic()
+    if held is not None and held[0] > moment:
+        return held[1]
+    connector = await registry.get(session, connector_id)
+    session.expunge(connector)
+    cache[connector_id] = (moment + CONNECTOR_TTL_SECONDS, connector)
+    return connector
 
 
 async def _lock_job(
@@ -352,17 +396,20 @@ async def _lock_job(
     return req, cj
 
 
-def _wants_call(cj: ConnectorJob, *, now: datetime) -> bool:
-    if cj.status in (J.queued, J.running):
-        return True
-    if cj.status == J.waiting_callback:  # the callback timer: still no answer?
-        return cj.callback_deadline is not None and utc(cj.callback_deadline) <= now
-    return False
+def _wants_call(now: datetime) -> Any:
+    """Queued or running (a re-run after a crash), or waiting for a callback that is late."""
+    return or_(
+        col(ConnectorJob.status).in_([J.queued, J.running]),
+        and_(
+            col(ConnectorJob.status) == J.waiting_callback,
+            col(ConnectorJob.callback_deadline) <= now,
+        ),
+    )
 
 
-def _why_not_callable(rt: Runtime, connector: Connector, req: DsrRequest) -> str | None:
-    if req.status not in ACTIVE:
-        return f"the request is {req.status}; nothing was sent"
+def _why_not_callable(rt: Runtime, connector: Connector, request_status: str) -> str | None:
+    if request_status not in ACTIVE:
+        return f"the request is {request_status}; nothing was sent"
     if not connector.enabled or connector.deleted_at is not None:
         return "the connector is disabled"
     if connector.mode == ConnectorMode.webhook:
@@ -382,6 +429,9 @@ async def _finish_call(
     prepared: _Prepared | None,
 ) -> None:
     now = ctx.clock.now()
+    if prepared is not None and prepared.result.status == "completed":
+        await _finish_with_result(ctx, job, cj_id, connector, prepared, now=now)
+        return
     async with ctx.session() as session:
         cj = await session.get(ConnectorJob, cj_id, with_for_update=True)
         if cj is None or cj.status != J.running or cj.engine_job_id != job.id:
@@ -433,6 +483,97 @@ async def _finish_call(
                     session, job, now=now, delay_seconds=decision.delay_seconds, error=error
                 )
         session.add(cj)
+
+
+async def _finish_with_result(
+    ctx: JobContext,
+    job: Job,
+    cj_id: str,
+    connector: Connector,
+    prepared: _Prepared,
+    *,
+    now: datetime,
+) -> None:
+    """The common end of a call (a 200 with a result), in one short unit of work: the job
+    row is updated only if this call still owns it, the event recorded, the engine job
+    finished. Then, outside it, whether the request is done: only when no other job of it
+    is left unfinished does a settle get queued (the last one to commit always sees that)."""
+    result = prepared.result
+    async with ctx.session() as session:
+        files: dict[str, Any] = {}
+        if prepared.data_files:  # uploads may have added files while the call ran
+            held = (
+                await session.exec(
+                    select(ConnectorJob.data_files)
+                    .where(col(ConnectorJob.id) == cj_id)
+                    .with_for_update()
+                )
+            ).one_or_none()
+            merged = (json.loads(held) if held else []) + prepared.data_files
+            files = {"data_files": json.dumps(merged)}
+        retained = [r.model_dump(mode="json") for r in result.retained]
+        done = (
+            await session.exec(
+                update(ConnectorJob)
+                .where(
+                    col(ConnectorJob.id) == cj_id,
+                    col(ConnectorJob.status) == J.running,
+                    col(ConnectorJob.engine_job_id) == job.id,
+                )
+                .values(
+                    status=J.succeeded,
+                    outcome=result.outcome,
+                    retained=json.dumps(retained, ensure_ascii=False) if retained else None,
+                    message_sealed=ctx.sealer.seal(result.message.encode(), context=cj_id)
+                    if result.message
+                    else None,
+                    finished_by=f"connector:{connector.id}",
+                    callback_deadline=None,
+                    updated_at=now,
+                    finished_at=now,
+                    **files,
+                )
+                .returning(col(ConnectorJob.request_id))
+                .execution_options(synchronize_session=False)
+            )
+        ).one_or_none()
+        if done is None:  # a callback, staff or the sweep settled it meanwhile
+            results.delete(ctx, prepared.file_names)
+        else:
+            await audit.record(
+                session,
+                actor=SYSTEM,
+                action="connector_job.succeeded",
+                now=now,
+                request_id=done[0],
+                details={
+                    "job_id": cj_id,
+                    "connector_id": connector.id,
+                    "outcome": result.outcome,
+                    "retained": [r.category for r in result.retained],
+                    "by": f"connector:{connector.id}",
+                },
+            )
+        await jobs.finish(session, job, now=now)
+    if done is not None:
+        await _settle_if_last(ctx, done[0], now=now)
+
+
+async def _settle_if_last(rt: Runtime, request_id: str, *, now: datetime) -> None:
+    async with rt.read_sessions() as session:
+        left = (
+            await session.exec(
+                select(func.count())
+                .select_from(ConnectorJob)
+                .where(
+                    col(ConnectorJob.request_id) == request_id,
+                    col(ConnectorJob.status) != J.succeeded,
+                )
+            )
+        ).one()
+    if left == 0:
+        async with rt.session() as session:
+            await _settle_later(session, request_id, now=now)
 
 
 async def _fail(

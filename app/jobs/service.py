@@ -13,7 +13,7 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, func, or_, text, update
+from sqlalchemy import String, Table, cast, func, literal, or_, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
@@ -83,39 +83,55 @@ async def _insert_unless_locked(session: AsyncSession, job: Job) -> bool:
 async def claim_due_jobs(
     session: AsyncSession, *, worker_id: str, now: datetime, limit: int, lease_seconds: float
 ) -> list[Job]:
-    """Take up to ``limit`` due jobs under a lease held by ``worker_id``."""
+    """Take up to ``limit`` due jobs under a lease held by ``worker_id``: one ``UPDATE ...
+    WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING`` (the claim is on every
+    job's path, so it is one statement, not a load and a flush)."""
+    # A job whose worker died on its last allowed attempt fails instead of being retried
+    # for ever (a job that keeps killing its worker must stop somewhere).
+    await session.exec(
+        update(Job)
+        .where(
+            col(Job.status) == JobStatus.running,
+            col(Job.lease_expires_at) < now,
+            col(Job.attempts) >= col(Job.max_attempts),
+        )
+        .values(
+            status=JobStatus.failed,
+            last_error=literal("worker lost during attempt ")
+            + cast(Job.attempts, String)
+            + literal(" of ")
+            + cast(Job.max_attempts, String),
+            lease_owner=None,
+            lease_expires_at=None,
+            updated_at=now,
+        )
+    )
     due = or_(
         (col(Job.status) == JobStatus.queued) & (col(Job.run_after) <= now),
         (col(Job.status) == JobStatus.running) & (col(Job.lease_expires_at) < now),
     )
-    query = (
-        select(Job)
+    chosen = (
+        select(Job.id)
         .where(due)
         .order_by(col(Job.run_after))
         .limit(limit)
         .with_for_update(skip_locked=True)
+        .scalar_subquery()
     )
-    jobs = list((await session.exec(query)).all())
-    lease_until = now + timedelta(seconds=lease_seconds)
-    claimed = []
-    for job in jobs:
-        if job.status == JobStatus.running and job.attempts >= job.max_attempts:
-            # Its worker died on the last allowed attempt: a job that keeps killing its
-            # worker must not be retried for ever.
-            job.status = JobStatus.failed
-            job.last_error = f"worker lost during attempt {job.attempts} of {job.max_attempts}"
-            job.lease_owner = job.lease_expires_at = None
-            job.updated_at = now
-            session.add(job)
-            continue
-        claimed.append(job)
-        job.status = JobStatus.running
-        job.attempts += 1
-        job.lease_owner = worker_id
-        job.lease_expires_at = lease_until
-        job.updated_at = now
-        session.add(job)
-    return claimed
+    claimed = await session.exec(
+        update(Job)
+        .where(col(Job.id).in_(chosen))
+        .values(
+            status=JobStatus.running,
+            attempts=Job.attempts + 1,
+            lease_owner=worker_id,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            updated_at=now,
+        )
+        .returning(*JOB_TABLE.columns)
+        .execution_options(synchronize_session=False)
+    )
+    return [Job.model_construct(**row._mapping) for row in claimed.all()]
 
 
 async def extend_leases(

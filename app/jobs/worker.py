@@ -101,7 +101,7 @@ class Worker:
                     await jobs.mark_succeeded(
                         session, job, worker_id=self.worker_id, now=self.ctx.clock.now()
                     )
-            log.info("jobs.succeeded", extra={"job_id": job.id, "kind": job.kind})
+            log.debug("jobs.succeeded", extra={"job_id": job.id, "kind": job.kind})
         finally:
             self._in_flight.pop(job.id, None)
             self._wake.set()
