@@ -120,7 +120,10 @@ async def _walkthrough(
         _show("7. and why the due date is what it is", detail["deadline_explanation"])
         _show(
             "8. and the audit trail",
-            [f"{e['seq']:>3} {e['at']} {e['actor']:<14} {e['action']}" for e in detail["events"]],
+            [
+                f"{e['seq'] or '…':>3} {e['at']} {e['actor']:<14} {e['action']}"
+                for e in detail["events"]
+            ],
         )
         audit = await http.get("/v1/admin/audit/verify", headers=staff)
         _show("9. the audit chain verifies", audit.json())

@@ -26,7 +26,8 @@ from tests.conftest import Service
 from tests.connectors.conftest import register
 from tests.fixtures.connectors import ConnectorFarm, answers
 
-REQUESTS = 100
+REQUESTS = 100  # the kill test: "a fan-out of 100 requests"
+CONCURRENT_REQUESTS = 60  # x 3 connectors: enough overlap for two workers to collide
 LEASE_SECONDS = 2
 
 
@@ -41,7 +42,7 @@ def settings_overrides() -> dict[str, Any]:
     return {"worker_lease_seconds": LEASE_SECONDS, "worker_poll_seconds": 0.2}
 
 
-def _env(service: Service) -> dict[str, str]:
+def _env(service: Service, *, lease: float = LEASE_SECONDS) -> dict[str, str]:
     s = service.settings
     return {
         **os.environ,
@@ -51,7 +52,7 @@ def _env(service: Service) -> dict[str, str]:
         "DSR_ENCRYPTION_KEY": s.encryption_key,
         "DSR_STAFF_JWT_SECRET": s.staff_jwt_secret,
         "DSR_PUBLIC_URL": s.public_url,
-        "DSR_WORKER_LEASE_SECONDS": str(LEASE_SECONDS),
+        "DSR_WORKER_LEASE_SECONDS": str(lease),
         "DSR_WORKER_POLL_SECONDS": "0.2",
         "DSR_RETRY_BASE_SECONDS": "0.05",
         "DSR_RETRY_CAP_SECONDS": "0.2",
@@ -59,14 +60,16 @@ def _env(service: Service) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def workers(service: Service, count: int) -> Iterator[list[subprocess.Popen[bytes]]]:
+def workers(
+    service: Service, count: int, *, lease: float = LEASE_SECONDS
+) -> Iterator[list[subprocess.Popen[bytes]]]:
     # Logs go to a file: a pipe nobody reads would fill up and block the worker mid-write.
     service.settings.data_dir.mkdir(parents=True, exist_ok=True)
     log = (service.settings.data_dir / "workers.log").open("ab")
     started = [
         subprocess.Popen(
             [sys.executable, "-m", "app.cli", "worker", "--concurrency", "8"],
-            env=_env(service),
+            env=_env(service, lease=lease),
             stdout=subprocess.DEVNULL,
             stderr=log,
         )
@@ -148,12 +151,14 @@ async def test_two_workers_never_run_the_same_job_at_once(
 ) -> None:
     for name in ("shop", "crm", "billing"):
         await register(service, farm, name, answers(delay=0.01))
-    ids = await _file_approved(service, REQUESTS)
-    with workers(service, 2) as running:
+    ids = await _file_approved(service, CONCURRENT_REQUESTS)
+    # A lease long enough that no heartbeat delayed by a busy machine lets a job be taken
+    # again (a re-run is by design after a crash; here every worker stays alive).
+    with workers(service, 2, lease=60) as running:
         done = await _wait_completed(service, len(ids), seconds=90, alive=running)
-    assert done == REQUESTS
+    assert done == CONCURRENT_REQUESTS
     keys = {c.idempotency_key for c in farm.calls}
-    assert len(keys) == 3 * REQUESTS
+    assert len(keys) == 3 * CONCURRENT_REQUESTS
     assert max(farm.max_in_flight.values()) == 1
     assert len(farm.calls) == len(keys), "a job that answered at once was called twice"
     assert all(c.signature_valid for c in farm.calls)
