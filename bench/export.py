@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import resource
+import secrets
 import shutil
 import socket
 import sqlite3
@@ -51,8 +52,12 @@ CATEGORIES = ("orders", "tickets", "visits")
 
 
 def _record(system: int, n: int) -> dict[str, Any]:
+    # Random tokens keep the data about as compressible as real records (a package of
+    # repeated text would shrink 20-fold and make the download figure meaningless).
     return {
         "id": f"S{system}-{n}",
+        "ref": secrets.token_hex(16),
+        "device": secrets.token_urlsafe(24),
         "created": "2025-03-01T10:00:00Z",
         "customer": {"name": "Ána Ruíz", "city": "Saint-Étienne", "tags": ["fidèle", "vip"]},
         "total": n % 997 + 0.5,
