@@ -111,7 +111,10 @@ async def settle(session: AsyncSession, rt: Runtime, req: DsrRequest, *, now: da
         return
     if target == S.completed:
         if req.type in DATA_TYPES:
-            # The answer is a package: its assembly completes the request.
+            # The answer is a package: its assembly completes the request. Nothing waits on
+            # staff any more, so the request is in progress meanwhile.
+            if req.status == S.action_required:
+                await requests.set_progress(session, req=req, status=S.in_progress, now=now)
             await exports.queue_assembly(session, request_id=req.id, now=now)
             return
         outcomes = registry.outcomes_of(pairs, request_type=req.type)

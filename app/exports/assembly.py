@@ -26,6 +26,7 @@ import os
 import re
 import secrets
 import shutil
+import time
 import unicodedata
 import zipfile
 from collections.abc import Iterable, Iterator
@@ -106,7 +107,12 @@ class _Member:
 
     def __init__(self, archive: zipfile.ZipFile, path: str) -> None:
         self.path = path
-        self.handle = archive.open(path, "w", force_zip64=True)
+        info = zipfile.ZipInfo(path, date_time=time.gmtime()[:6])
+        info.compress_type = zipfile.ZIP_DEFLATED
+        # Level 1: records compress well even so, and assembly is CPU-bound (3.13 names it
+        # ZipInfo.compress_level; 3.11 reads this attribute).
+        setattr(info, "_compresslevel", 1)  # noqa: B010
+        self.handle = archive.open(info, "w", force_zip64=True)
         self.sha256 = hashlib.sha256()
         self.size = 0
 
@@ -247,10 +253,14 @@ def build_package(
                 "files": files,
             }
             body = json.dumps(manifest, ensure_ascii=False, indent=2).encode()
-            with zf.open("manifest.json", "w") as handle:
-                handle.write(body)
-            with zf.open("manifest.jws", "w") as handle:
-                handle.write(signer.sign_detached(body).encode())
+            for name, content in (
+                ("manifest.json", body),
+                ("manifest.jws", signer.sign_detached(body).encode()),
+            ):
+                info = zipfile.ZipInfo(name, date_time=time.gmtime()[:6])
+                info.compress_type = zipfile.ZIP_DEFLATED
+                with zf.open(info, "w") as handle:
+                    handle.write(content)
         writer.close()
     except BaseException:
         writer.abort()

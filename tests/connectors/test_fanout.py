@@ -192,3 +192,27 @@ async def test_request_no_connector_handles_completes_at_once(
     await drive(service, farm)
     view = await detail(service, filed["id"])
     assert (view["status"], view["jobs"], farm.calls) == ("completed", [], [])
+
+
+async def test_completing_a_manual_task_of_an_access_request_resumes_it_then_answers(
+    service: Service, farm: ConnectorFarm
+) -> None:
+    created = await service.client.post(
+        "/v1/admin/connectors",
+        json={"name": "archive", "mode": "manual", "request_types": ["access"]},
+        headers=service.staff("connectors:write"),
+    )
+    assert created.status_code == 201, created.text
+    filed = await service.file_verified()
+    await drive(service, farm)
+    job = (await detail(service, filed["id"]))["jobs"][0]
+    done = await service.client.post(
+        f"/v1/admin/requests/{filed['id']}/jobs/{job['id']}/complete",
+        json={"outcome": "found", "data": {"letters": [{"n": 1}]}},
+        headers=service.staff("requests:write"),
+    )
+    assert done.json()["status"] == "in_progress"  # the package is being assembled
+    await drive(service, farm)
+    view = await detail(service, filed["id"])
+    assert view["status"] == "completed"
+    assert view["export"]["ready"] is True
