@@ -20,7 +20,7 @@ class UrlRefused(ValueError):
 def check_url(url: str, *, allowed_hosts: Sequence[str]) -> str:
     try:
         parts = urlsplit(url)
-        port = parts.port  # raises on a malformed port
+        _ = parts.port  # reading it raises on a malformed port
     except ValueError as exc:
         raise UrlRefused("not a valid URL") from exc
     if parts.scheme not in ("http", "https"):
@@ -33,7 +33,6 @@ def check_url(url: str, *, allowed_hosts: Sequence[str]) -> str:
         raise UrlRefused("must not carry a #fragment")
     if allowed_hosts and not host_allowed(parts.hostname, allowed_hosts):
         raise UrlRefused(f"host {parts.hostname!r} is not in DSR_CONNECTOR_ALLOWED_HOSTS")
-    del port
     return url
 
 

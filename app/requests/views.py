@@ -38,16 +38,14 @@ async def outcomes_of(session: AsyncSession, rt: Runtime, req: DsrRequest) -> li
     internals: no URLs, errors or attempt counts)."""
     if req.status not in HAS_OUTCOMES:
         return []
+    return _in_words(rt, req, await connectors.jobs_for_request(session, req.id))
+
+
+def _in_words(rt: Runtime, req: DsrRequest, pairs: list[Any]) -> list[dict[str, Any]]:
+    language, default = req.language, rt.settings.default_language
     return [
-        {
-            "system": connector.name,
-            "outcome": job.outcome,
-            "summary": outcome_summary(job.outcome, req.language, rt.settings.default_language),
-            "retained": json.loads(job.retained) if job.retained else [],
-            "recipients_notified": connectors.recipients_notified(req.type, job, connector),
-        }
-        for job, connector in await connectors.jobs_for_request(session, req.id)
-        if job.status == "succeeded"
+        {**outcome, "summary": outcome_summary(outcome["outcome"], language, default)}
+        for outcome in connectors.outcomes_of(pairs, request_type=req.type)
     ]
 
 
@@ -157,16 +155,7 @@ async def staff_view(
         "closed_at": req.closed_at,
         "duplicates": await service.duplicates_of(session, req),
         "export": exports.view(await exports.package_for(session, req.id)),
-        "outcomes": [
-            {
-                "system": connector.name,
-                "outcome": job.outcome,
-                "summary": outcome_summary(job.outcome, req.language, rt.settings.default_language),
-                "retained": json.loads(job.retained) if job.retained else [],
-            }
-            for job, connector in pairs
-            if job.status == "succeeded"
-        ],
+        "outcomes": _in_words(rt, req, pairs),
         "jobs": [connectors.job_view(job, connector) for job, connector in pairs],
         "events": [
             {

@@ -54,7 +54,9 @@ async def test_erasure_with_retained_invoices_tells_the_subject_exactly_that(
     assert "(French Commercial Code L.123-22), jusqu'au 1er mai 2035" in text
     assert "Destinataires informés de ce changement (article 19 du RGPD) : accounting firm" in text
 
-    events = [e for e in (await detail(service, filed["id"]))["events"]]
+    staff_view = await detail(service, filed["id"])
+    assert staff_view["outcomes"] == view["outcomes"], "staff and subject read the same outcomes"
+    events = staff_view["events"]
     notified = [e for e in events if e["action"] == "recipients.notified"]
     assert notified[0]["details"] == {"recipients": ["accounting firm"]}
 
