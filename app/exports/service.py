@@ -368,18 +368,26 @@ async def rebuild(
 # --- download -------------------------------------------------------------------------------
 
 
-async def downloadable(session: AsyncSession, req: DsrRequest) -> ExportPackage:
+async def downloadable(session: AsyncSession, rt: Runtime, req: DsrRequest) -> ExportPackage:
     package = await package_for(session, req.id)
     if package is None:
         raise NotFound("this request has no package (yet): see export.ready in its status")
     if package.status == PackageStatus.rebuilding:
         raise NotFound("the package is being prepared again: see export.ready in its status")
     if package.status != PackageStatus.ready:
+        again = (
+            "; until the data it came from is deleted too, we can also issue it again if you ask us"
+            if package.results_deleted_at is None
+            else ""
+        )
         raise Gone(
             "the package was deleted when its retention period ended; file a new access "
-            "request (POST /v1/requests) to receive your data again",
+            f"request (POST /v1/requests) to receive your data again{again}",
             extra={"expired_at": rfc3339(utc(package.deleted_at or package.expires_at))},
         )
+    if not (exports_dir(rt) / package.file_name).exists():
+        # Its file went with a re-run whose unit of work then failed: not ready after all.
+        raise NotFound("this request has no package (yet): see export.ready in its status")
     return package
 
 
@@ -416,6 +424,12 @@ async def record_download(
 def _delete_file(rt: Runtime, package: ExportPackage) -> None:
     with contextlib.suppress(FileNotFoundError):
         (exports_dir(rt) / package.file_name).unlink()
+
+
+async def discard(session: AsyncSession, rt: Runtime, package: ExportPackage) -> None:
+    """Delete a package and its file now (a re-run replaces the answer it held)."""
+    _delete_file(rt, package)
+    await session.delete(package)
 
 
 def _drop_results(rt: Runtime, pairs: list[Any]) -> None:

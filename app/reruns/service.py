@@ -4,10 +4,9 @@ access and portability, the completion e-mail). The legal deadline does not move
 
 The finished run is kept as history (``RequestRun``) and its connector jobs leave
 ``connector_job``, so the fan-out creates fresh jobs through its public entry point
-(``queue_fan_out``) without knowing about runs. The previous answer goes: the stored
-records it came from are deleted at once (the re-run exists because that answer is to be
-replaced); its package stops being downloadable, and the new run's assembly deletes it when
-it records the new one.
+(``queue_fan_out``) without knowing about runs. The previous answer goes at once (the
+re-run exists because it is to be replaced): its package and the stored records it came
+from are deleted, and ``export`` is null until the new run's package is ready.
 """
 
 from __future__ import annotations
@@ -88,9 +87,7 @@ async def rerun(
         results.delete(rt, [entry["file"] for entry in connectors.data_files_of(cj)])
     await session.exec(delete(ConnectorJob).where(col(ConnectorJob.request_id) == req.id))
     if package is not None:
-        # Not downloadable any more; the new run's assembly replaces it (and its file).
-        package.status = PackageStatus.rebuilding
-        session.add(package)
+        await exports.discard(session, rt, package)
     req.status, req.updated_at, req.closed_at = target, now, None
     session.add(req)
     await audit.record(

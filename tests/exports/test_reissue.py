@@ -59,7 +59,8 @@ async def test_within_the_grace_period_staff_reissue_an_expired_package(
     first = (await _status(service, filed))["export"]
     service.clock.advance(days=service.settings.export_ttl_days, seconds=1)
     await service.run_periodic()
-    problem(await _download(service, filed), 410)
+    gone = problem(await _download(service, filed), 410)
+    assert "issue it again" in gone["detail"]
     assert _results(service), "results held during the grace period"
 
     answer = await _rebuild(service, filed["id"])
@@ -113,6 +114,7 @@ async def test_without_a_grace_period_the_results_go_with_the_package(
     service.clock.advance(days=service.settings.export_ttl_days, seconds=1)
     await service.run_periodic()
     assert not _results(service)
+    assert "issue it again" not in problem(await _download(service, filed), 410)["detail"]
     refused = problem(await _rebuild(service, filed["id"]), 409)
     assert "re-run" in refused["detail"]
     assert (await _status(service, filed))["export"]["ready"] is False
