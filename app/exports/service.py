@@ -156,11 +156,11 @@ async def assemble(ctx: JobContext, job: Job) -> object:
     async with ctx.read_sessions() as session:
         req = await session.get(DsrRequest, request_id)
         wanted, rebuild = await _wanted(session, req)
-        if req is None or not wanted:
-            if req is not None and req.status == RequestStatus.completed:
-                await _abandon_rebuild(ctx, request_id)
-            return None
-        pairs = await connectors.jobs_for_request(session, request_id)
+        pairs = await connectors.jobs_for_request(session, request_id) if wanted else []
+    if req is None or not wanted:
+        if req is not None and req.status == RequestStatus.completed:
+            await _abandon_rebuild(ctx, request_id)
+        return None
     subject = requests.subject_of(ctx, req)
     systems = [
         SystemInput(
@@ -223,8 +223,8 @@ async def assemble(ctx: JobContext, job: Job) -> object:
     try:
         async with ctx.session() as session:
             locked = await requests.lock(session, request_id)
-            still, _ = await _wanted(session, locked)
-            if locked is None or not still:
+            still, again = await _wanted(session, locked)
+            if locked is None or not still or again != rebuild:
                 path.unlink(missing_ok=True)
                 await jobs.finish(session, job, now=now)
                 return FINISHED

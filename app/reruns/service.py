@@ -26,12 +26,17 @@ from app.connectors.models import ConnectorJob
 from app.errors import InvalidTransition
 from app.exports import service as exports
 from app.exports.models import PackageStatus
+from app.kit.clock import rfc3339, utc
 from app.kit.ids import new_id
 from app.requests import service as requests
 from app.requests.models import DsrRequest
 from app.requests.states import RequestStatus, check_transition
 from app.reruns.models import RequestRun
 from app.runtime import Runtime
+
+
+def _instant(value: datetime) -> str:
+    return rfc3339(utc(value))
 
 
 async def current_run(session: AsyncSession, request_id: str) -> int:
@@ -79,7 +84,7 @@ async def rerun(
             superseded_by=actor,
             reason=reason,
             jobs=json.dumps(
-                [connectors.job_view(cj, connector) for cj, connector in pairs], default=str
+                [connectors.job_view(cj, connector) for cj, connector in pairs], default=_instant
             ),
         )
     )

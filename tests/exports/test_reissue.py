@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from app.exports import service as exports
 from tests.conftest import Service, bearer
 from tests.connectors.conftest import detail, drive, register
 from tests.fixtures.connectors import ConnectorFarm, answers, result, silent
@@ -143,3 +144,26 @@ async def test_a_rebuild_needs_a_completed_request_with_a_package(
         f"/v1/admin/requests/{waiting['id']}/export/rebuild"
     )
     problem(unauthenticated, 401)
+
+
+@pytest.mark.parametrize("settings_overrides", [{**FAST, "export_results_grace_days": 7}])
+async def test_a_rebuild_whose_results_went_meanwhile_is_abandoned(
+    service: Service, farm: ConnectorFarm, problem
+) -> None:
+    filed = await _answered(service, farm)
+    service.clock.advance(days=service.settings.export_ttl_days, seconds=1)
+    await service.run_periodic()
+    assert (await _rebuild(service, filed["id"])).status_code == 200
+    # The grace period's sweep won the race with the queued assembly.
+    async with service.runtime.session() as session:
+        package = await exports.package_for(session, filed["id"])
+        assert package is not None
+        package.results_deleted_at = service.clock.now()
+        session.add(package)
+    await service.run_jobs()
+    view = await detail(service, filed["id"])
+    assert view["export"]["ready"] is False
+    assert "export.rebuild_abandoned" in [e["action"] for e in view["events"]]
+    assert view["events"][-1]["action"] != "export.ready"
+    problem(await _download(service, filed), 410)
+    assert "/rerun" in problem(await _rebuild(service, filed["id"]), 409)["detail"]
