@@ -37,7 +37,7 @@ from app.exports.models import ExportPackage, PackageStatus
 from app.exports.report import render_report
 from app.exports.signing import PackageSigner
 from app.jobs import service as jobs
-from app.jobs.models import Job
+from app.jobs.models import Job, JobStatus
 from app.jobs.registry import FINISHED, handler, periodic
 from app.jobs.worker import JobContext, payload_of
 from app.kit.clock import rfc3339, utc
@@ -84,6 +84,20 @@ async def queue_assembly(session: AsyncSession, *, request_id: str, now: datetim
         request_id=request_id,
         queueing_lock=f"assemble:{request_id}",
     )
+
+
+async def assembly_pending(session: AsyncSession, request_id: str) -> bool:
+    """Whether an assembly of this request's package is queued or running."""
+    found = await session.exec(
+        select(Job.id)
+        .where(
+            col(Job.request_id) == request_id,
+            col(Job.kind) == ASSEMBLE_KIND,
+            col(Job.status).in_([JobStatus.queued, JobStatus.running]),
+        )
+        .limit(1)
+    )
+    return found.first() is not None
 
 
 async def package_for(session: AsyncSession, request_id: str) -> ExportPackage | None:

@@ -25,7 +25,6 @@ from app.connectors import service as connectors
 from app.connectors.models import ConnectorJob
 from app.errors import InvalidTransition
 from app.exports import service as exports
-from app.exports.models import PackageStatus
 from app.kit.clock import rfc3339, utc
 from app.kit.ids import new_id
 from app.requests import service as requests
@@ -66,12 +65,13 @@ async def rerun(
             extra={"current_status": req.status},
         )
     target = check_transition(req.status, RequestStatus.in_progress, action="re-run")
-    package = await exports.package_for(session, req.id)
-    if package is not None and package.status == PackageStatus.rebuilding:
+    if await exports.assembly_pending(session, req.id):
+        # That assembly would take the re-run's first, empty state for its answer.
         raise InvalidTransition(
             "its package is being rebuilt; re-run it once export.ready is true",
             extra={"current_status": req.status},
         )
+    package = await exports.package_for(session, req.id)
     run = await current_run(session, req.id)
     pairs = await connectors.jobs_for_request(session, req.id)
     session.add(
