@@ -15,14 +15,13 @@ import json
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func
+from sqlalchemy import func
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.audit import service as audit
 from app.connectors import results
 from app.connectors import service as connectors
-from app.connectors.models import ConnectorJob
 from app.errors import InvalidTransition
 from app.exports import service as exports
 from app.kit.clock import rfc3339, utc
@@ -90,7 +89,7 @@ async def rerun(
     )
     for cj, _ in pairs:
         results.delete(rt, [entry["file"] for entry in connectors.data_files_of(cj)])
-    await session.exec(delete(ConnectorJob).where(col(ConnectorJob.request_id) == req.id))
+    await connectors.delete_jobs(session, req.id)
     if package is not None:
         await exports.discard(session, rt, package)
     req.status, req.updated_at, req.closed_at = target, now, None
