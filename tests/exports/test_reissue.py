@@ -112,6 +112,16 @@ async def test_without_a_grace_period_the_results_go_with_the_package(
     service: Service, farm: ConnectorFarm, problem
 ) -> None:
     filed = await _answered(service, farm)
+    first = (await _status(service, filed))["export"]
+    # Before it expires, a package can be re-issued too (a subject lost it).
+    service.clock.advance(days=3)
+    assert (await _rebuild(service, filed["id"])).status_code == 200
+    await service.run_jobs()
+    again = (await _status(service, filed))["export"]
+    assert again["ready"] is True
+    assert again["sha256"] != first["sha256"]
+    assert again["expires_at"] > first["expires_at"]
+    assert (await _download(service, filed)).status_code == 200
     service.clock.advance(days=service.settings.export_ttl_days, seconds=1)
     await service.run_periodic()
     assert not _results(service)
