@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     default_language: str = "fr"
 
     export_ttl_days: int = Field(30, ge=1)
+    # Connector results outlive their expired package this many days, so staff can re-issue
+    # it (a subject whose link expired writes in). 0: deleted with the package (privacy first).
+    export_results_grace_days: int = Field(0, ge=0, le=365)
     worker: Literal["on", "off"] = "on"
     worker_poll_seconds: float = Field(0.5, gt=0, le=5)
     # Jobs one worker runs at once (connector calls mostly wait on the network).

@@ -10,4 +10,5 @@ def import_all_models() -> None:
     import app.identity.models
     import app.jobs.models
     import app.notifications.models
-    import app.requests.models  # noqa: F401
+    import app.requests.models
+    import app.reruns.models  # noqa: F401

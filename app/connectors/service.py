@@ -351,3 +351,9 @@ async def requests_holding_data(
 
 def data_files_of(job: ConnectorJob) -> list[dict[str, Any]]:
     return json.loads(job.data_files) if job.data_files else []
+
+
+async def delete_jobs(session: AsyncSession, request_id: str) -> None:
+    """Remove a request's connector jobs: a staff re-run has kept them as its history
+    (``app.reruns``), and the fan-out then creates the new run's."""
+    await session.exec(delete(ConnectorJob).where(col(ConnectorJob.request_id) == request_id))

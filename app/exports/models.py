@@ -14,6 +14,7 @@ from app.db import UtcDateTime
 class PackageStatus(StrEnum):
     ready = "ready"
     expired = "expired"  # deleted after DSR_EXPORT_TTL_DAYS; the download answers 410
+    rebuilding = "rebuilding"  # staff asked for a fresh package; the assembly is queued
 
 
 def _ts(*, nullable: bool) -> Column:
@@ -34,3 +35,6 @@ class ExportPackage(SQLModel, table=True):
     created_at: datetime = Field(sa_column=_ts(nullable=False))
     expires_at: datetime = Field(sa_column=_ts(nullable=False))
     deleted_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    # When the connector results it came from were deleted: from then on it cannot be
+    # rebuilt, only the request re-run (DSR_EXPORT_RESULTS_GRACE_DAYS after expiry).
+    results_deleted_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))

@@ -69,7 +69,7 @@ async def download_export(
     """The answer package (ZIP), with the request's status token, once ``export.ready``.
     ``export.sha256`` is the SHA-256 of these exact bytes. 410 once it has expired."""
     req = await requests.get_for_subject(session, request_id=request_id, token=token)
-    package = await service.downloadable(session, req)
+    package = await service.downloadable(session, rt, req)
     size = package.size_bytes
     wanted = _range(request.headers.get("range"), size)
     start, end = wanted or (0, size)

@@ -35,6 +35,7 @@ TEMPLATE_NAMES: frozenset[str] = frozenset(
         "expiry",
         "cancellation",
         "completion",
+        "export_reissued",
         "staff_reminder",
         "staff_task",
     }

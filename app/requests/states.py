@@ -22,7 +22,7 @@ class RequestStatus(StrEnum):
     pending_review = "pending_review"  # verified or document uploaded; staff decide
     in_progress = "in_progress"  # approved; connector jobs running
     action_required = "action_required"  # a connector failed for good / manual task waits
-    completed = "completed"  # every connector answered
+    completed = "completed"  # every connector answered (staff may re-run it)
     rejected = "rejected"  # refused, with a reason
     cancelled = "cancelled"  # withdrawn by the subject or staff
     expired = "expired"  # verification never completed in time
@@ -37,6 +37,8 @@ class RejectionReason(StrEnum):
 
 S = RequestStatus
 OPEN = frozenset({S.pending_verification, S.pending_review, S.in_progress, S.action_required})
+# Closed statuses. One move leaves one of them: staff re-running a completed request
+# (``completed -> in_progress``), which sends it to its connectors again.
 TERMINAL = frozenset({S.completed, S.rejected, S.cancelled, S.expired})
 
 ALLOWED: dict[RequestStatus, frozenset[RequestStatus]] = {
@@ -46,7 +48,7 @@ ALLOWED: dict[RequestStatus, frozenset[RequestStatus]] = {
     S.pending_review: frozenset({S.in_progress, S.rejected, S.cancelled}),
     S.in_progress: frozenset({S.completed, S.action_required, S.rejected, S.cancelled}),
     S.action_required: frozenset({S.in_progress, S.completed, S.rejected, S.cancelled}),
-    S.completed: frozenset(),
+    S.completed: frozenset({S.in_progress}),
     S.rejected: frozenset(),
     S.cancelled: frozenset(),
     S.expired: frozenset(),

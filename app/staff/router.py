@@ -25,6 +25,7 @@ from app.deadlines import (
 )
 from app.deps import Now, ReadSessionDep, RuntimeDep, SessionDep
 from app.errors import InvalidInput
+from app.exports import service as exports
 from app.jobs import service as jobs
 from app.kit.clock import rfc3339, utc
 from app.kit.crypto import normalise_email
@@ -41,6 +42,8 @@ from app.requests.schemas import (
     Stats,
 )
 from app.requests.states import RequestStatus, RequestType
+from app.reruns import service as reruns
+from app.reruns.schemas import RerunIn, RunsOut
 from app.runtime import Runtime
 from app.security.staff import StaffPrincipal, require_scopes
 
@@ -327,6 +330,59 @@ async def complete_job(
             session, rt=rt, req=req, job_id=job_id, result=body, actor=actor(staff), now=now
         ),
     )
+
+
+@router.post("/requests/{request_id}/export/rebuild", response_model=StaffView, responses=ERRORS)
+async def rebuild_export(
+    request_id: str, staff: Writer, rt: RuntimeDep, session: SessionDep, now: Now
+) -> dict:
+    """Re-issue the package of a completed access or portability request (a subject whose
+    link expired writes in) from the connector results still held: a fresh package, new
+    retention, same download link; the subject is told by e-mail. ``export.ready`` is false
+    until it is built. 409 when the results were deleted (re-run the request instead)."""
+    return await _act(
+        session,
+        rt,
+        request_id,
+        now,
+        lambda req: exports.rebuild(session, rt=rt, req=req, actor=actor(staff), now=now),
+    )
+
+
+@router.post("/requests/{request_id}/rerun", response_model=StaffView, responses=ERRORS)
+async def rerun(
+    request_id: str,
+    staff: Writer,
+    rt: RuntimeDep,
+    session: SessionDep,
+    now: Now,
+    body: RerunIn | None = None,
+) -> dict:
+    """Send a completed request to the connectors that handle it now, again: it is in
+    progress, then completes through the normal path (new package, completion e-mail); the
+    deadline does not move. The previous run's jobs are kept (``GET .../runs``)."""
+    return await _act(
+        session,
+        rt,
+        request_id,
+        now,
+        lambda req: reruns.rerun(
+            session,
+            rt=rt,
+            req=req,
+            actor=actor(staff),
+            now=now,
+            reason=None if body is None else body.reason,
+        ),
+    )
+
+
+@router.get("/requests/{request_id}/runs", response_model=RunsOut, responses=ERRORS)
+async def runs(request_id: str, staff: Reader, session: ReadSessionDep) -> dict:
+    """The runs a re-run superseded, with their jobs as they ended; the current run's jobs
+    are the request's ``jobs``."""
+    req = await service.get_for_staff(session, request_id)
+    return await reruns.runs_view(session, req)
 
 
 @router.get("/deadlines/preview", response_model=DeadlinePreview, responses=ERRORS)

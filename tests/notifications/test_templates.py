@@ -34,6 +34,7 @@ def full_context(**overrides: object) -> dict[str, object]:
         "outcomes": [{"system": "CRM", "outcome": "found", "retained": []}],
         "days_left": 7,
         "connector_name": "Caisse",
+        "expires_date": date(2026, 5, 2),
     }
     context.update(overrides)
     return context
