@@ -30,6 +30,7 @@ from app.audit import service as audit
 from app.config import decode_key
 from app.connectors import results
 from app.connectors import service as connectors
+from app.db import after_commit
 from app.deadlines import get_regime
 from app.errors import Conflict, Gone, InvalidTransition, NotFound
 from app.exports.assembly import SourceFile, SystemInput, build_package
@@ -441,8 +442,9 @@ def _delete_file(rt: Runtime, package: ExportPackage) -> None:
 
 
 async def discard(session: AsyncSession, rt: Runtime, package: ExportPackage) -> None:
-    """Delete a package and its file now (a re-run replaces the answer it held)."""
-    _delete_file(rt, package)
+    """Delete a package, and its file once that is committed (a re-run replaces the answer
+    it held; a failed commit leaves it whole)."""
+    after_commit(session, f"exports.discard.{package.id}", lambda: _delete_file(rt, package))
     await session.delete(package)
 
 

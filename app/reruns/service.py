@@ -22,6 +22,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app.audit import service as audit
 from app.connectors import results
 from app.connectors import service as connectors
+from app.db import after_commit
 from app.errors import InvalidTransition
 from app.exports import service as exports
 from app.kit.clock import rfc3339, utc
@@ -87,8 +88,9 @@ async def rerun(
             ),
         )
     )
-    for cj, _ in pairs:
-        results.delete(rt, [entry["file"] for entry in connectors.data_files_of(cj)])
+    files = [entry["file"] for cj, _ in pairs for entry in connectors.data_files_of(cj)]
+    # Files go once the re-run is committed: a failed commit leaves the answer whole.
+    after_commit(session, f"rerun.files.{req.id}", lambda: results.delete(rt, files))
     await connectors.delete_jobs(session, req.id)
     if package is not None:
         await exports.discard(session, rt, package)
