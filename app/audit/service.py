@@ -67,17 +67,30 @@ async def record(
 ) -> None:
     """Add one event to the trail, in the caller's unit of work: written with it (just
     before it commits, in one insert), linked into the chain moments later."""
-    body = json.dumps(details or {}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     session.info.setdefault(PENDING, []).append(
-        {
-            "request_id": request_id,
-            "actor": actor,
-            "action": action,
-            "details": body,
-            "created_at": now,
-        }
+        pending_row(actor=actor, action=action, now=now, request_id=request_id, details=details)
     )
     before_commit(session, "audit", append_pending)
+
+
+def pending_row(
+    *,
+    actor: str,
+    action: str,
+    now: datetime,
+    request_id: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``audit_pending`` row of one event, for a caller that writes it with its own rows
+    (intake writes all of its rows in one statement); ``record`` is the usual way."""
+    body = json.dumps(details or {}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return {
+        "request_id": request_id,
+        "actor": actor,
+        "action": action,
+        "details": body,
+        "created_at": now,
+    }
 
 
 async def append_pending(session: AsyncSession) -> None:

@@ -8,16 +8,20 @@ deliveries are retried with backoff for hours; the content is dropped once deliv
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
+from sqlalchemy import Table
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.config import Settings
 from app.jobs import service as jobs
-from app.jobs.models import Job
+from app.jobs.models import Job, JobStatus
 from app.jobs.registry import JobError, handler
+from app.jobs.service import JOB_TABLE
 from app.jobs.worker import JobContext, payload_of
 from app.kit.crypto import Sealer
 from app.kit.ids import new_id
@@ -29,6 +33,7 @@ log = logging.getLogger("dsr.notifications")
 
 DELIVER_KIND = "notifications.deliver"
 DELIVERY_ATTEMPTS = 60  # with a 10-minute cap and full jitter: about five hours of trying
+OUTBOX_TABLE: Table = OutboxMessage.__table__  # type: ignore[attr-defined]
 
 
 async def queue_mail(
@@ -43,21 +48,18 @@ async def queue_mail(
     context: Mapping[str, object],
     request_id: str | None = None,
 ) -> OutboxMessage:
-    rendered = render(
-        template, language=language, default_language=settings.default_language, context=context
-    )
-    message_id = new_id("msg")
-    sealed = sealer.seal_json(
-        {"to": to, "subject": rendered.subject, "text": rendered.text}, context=message_id
-    )
-    message = OutboxMessage(
-        id=message_id,
-        request_id=request_id,
+    values = _message_values(
+        settings=settings,
+        sealer=sealer,
+        now=now,
+        to=to,
         template=template,
-        language=rendered.language,
-        sealed=sealed,
-        created_at=now,
+        language=language,
+        context=context,
+        request_id=request_id,
     )
+    message = OutboxMessage(**values)
+    message_id = message.id
     session.add(message)
     await jobs.enqueue(
         session,
@@ -68,6 +70,81 @@ async def queue_mail(
         max_attempts=DELIVERY_ATTEMPTS,
     )
     return message
+
+
+def _message_values(
+    *,
+    settings: Settings,
+    sealer: Sealer,
+    now: datetime,
+    to: str,
+    template: str,
+    language: str | None,
+    context: Mapping[str, object],
+    request_id: str | None,
+) -> dict[str, Any]:
+    rendered = render(
+        template, language=language, default_language=settings.default_language, context=context
+    )
+    message_id = new_id("msg")
+    sealed = sealer.seal_json(
+        {"to": to, "subject": rendered.subject, "text": rendered.text}, context=message_id
+    )
+    return {
+        "id": message_id,
+        "request_id": request_id,
+        "template": template,
+        "language": rendered.language,
+        "status": OutboxStatus.pending.value,
+        "sealed": sealed,
+        "attempts": 0,
+        "last_error": None,
+        "created_at": now,
+        "sent_at": None,
+    }
+
+
+def mail_rows(
+    *,
+    settings: Settings,
+    sealer: Sealer,
+    now: datetime,
+    to: str,
+    template: str,
+    language: str | None,
+    context: Mapping[str, object],
+    request_id: str | None = None,
+) -> list[tuple[Table, dict[str, Any]]]:
+    """What ``queue_mail`` writes, as rows for a caller that writes its rows in one statement
+    (intake): the outbox message and its delivery job, queued as ``jobs.enqueue`` queues a job
+    without a queueing lock. The caller wakes the workers (``app.jobs.wakeup``) on commit."""
+    message = _message_values(
+        settings=settings,
+        sealer=sealer,
+        now=now,
+        to=to,
+        template=template,
+        language=language,
+        context=context,
+        request_id=request_id,
+    )
+    job = {
+        "id": new_id("job"),
+        "kind": DELIVER_KIND,
+        "status": JobStatus.queued.value,
+        "payload": json.dumps({"message_id": message["id"]}, separators=(",", ":")),
+        "queueing_lock": None,
+        "request_id": request_id,
+        "run_after": now,
+        "attempts": 0,
+        "max_attempts": DELIVERY_ATTEMPTS,
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "last_error": None,
+        "created_at": now,
+        "updated_at": now,
+    }
+    return [(OUTBOX_TABLE, message), (JOB_TABLE, job)]
 
 
 @handler(DELIVER_KIND)
