@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table
+from sqlalchemy import Table, bindparam
+from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -943,14 +944,19 @@ async def open_due_by(session: AsyncSession, *, horizon: date) -> list[DsrReques
 
 
 async def duplicates_of(session: AsyncSession, req: DsrRequest) -> list[str]:
-    """Other open requests of the same person (by keyed hash of the e-mail)."""
-    rows = await session.exec(
-        select(DsrRequest.id)
-        .where(
-            col(DsrRequest.email_index) == req.email_index,
-            col(DsrRequest.id) != req.id,
-            col(DsrRequest.status).in_(list(OPEN)),
-        )
-        .limit(20)
+    """Other open requests of the same person (by keyed hash of the e-mail). A Core query
+    built once: the staff detail view runs it on every call."""
+    conn = await session.connection()
+    result = await conn.execute(_DUPLICATES, {"email_index": req.email_index, "request_id": req.id})
+    return list(result.scalars().all())
+
+
+_DUPLICATES = (
+    sa_select(REQUEST_TABLE.c.id)
+    .where(
+        REQUEST_TABLE.c.email_index == bindparam("email_index"),
+        REQUEST_TABLE.c.id != bindparam("request_id"),
+        REQUEST_TABLE.c.status.in_([status.value for status in OPEN]),
     )
-    return list(rows.all())
+    .limit(20)
+)
