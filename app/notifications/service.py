@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table
+from sqlalchemy import Table, bindparam, update
+from sqlalchemy import select as sa_select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.config import Settings
@@ -150,12 +151,14 @@ def mail_rows(
 @handler(DELIVER_KIND)
 async def deliver_message(ctx: JobContext, job: Job) -> None:
     message_id = payload_of(job)["message_id"]
-    async with ctx.session() as session:
-        message = await session.get(OutboxMessage, message_id)
-        if message is None or message.status == OutboxStatus.sent or message.sealed is None:
-            return
-        content = ctx.sealer.open_json(message.sealed, context=message_id)
-        language = message.language
+    # One plain read, outside a transaction (a read session: autocommit on PostgreSQL).
+    async with ctx.read_sessions() as session:
+        conn = await session.connection()
+        found = (await conn.execute(_PENDING_CONTENT, {"id": message_id})).first()
+    if found is None or found.status == OutboxStatus.sent or found.sealed is None:
+        return
+    content = ctx.sealer.open_json(found.sealed, context=message_id)
+    language = found.language
     mail = OutgoingMail(
         message_id=message_id,
         to=content["to"],
@@ -182,13 +185,25 @@ async def deliver_message(ctx: JobContext, job: Job) -> None:
                     message.status = OutboxStatus.failed
                 session.add(message)
         raise JobError(f"delivery failed: {exc}", permanent=exc.permanent) from exc
+    # One UPDATE, not a load and a flush: the content goes as soon as it is delivered.
     async with ctx.session() as session:
-        message = await session.get(OutboxMessage, message_id)
-        if message is not None:
-            message.status = OutboxStatus.sent
-            message.sent_at = ctx.clock.now()
-            message.attempts += 1
-            message.last_error = None
-            message.sealed = None
-            session.add(message)
+        conn = await session.connection()
+        await conn.execute(_MARK_SENT, {"message_id": message_id, "delivered_at": ctx.clock.now()})
     log.info("notifications.sent", extra={"message_id": message_id})
+
+
+_PENDING_CONTENT = sa_select(
+    OUTBOX_TABLE.c.status, OUTBOX_TABLE.c.sealed, OUTBOX_TABLE.c.language
+).where(OUTBOX_TABLE.c.id == bindparam("id"))
+
+_MARK_SENT = (
+    update(OUTBOX_TABLE)
+    .where(OUTBOX_TABLE.c.id == bindparam("message_id"))
+    .values(
+        status=OutboxStatus.sent.value,
+        sent_at=bindparam("delivered_at"),
+        attempts=OUTBOX_TABLE.c.attempts + 1,
+        last_error=None,
+        sealed=None,
+    )
+)
