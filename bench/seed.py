@@ -4,9 +4,9 @@ Each request goes through ``app.requests.service.create_request`` exactly as
 ``POST /v1/requests`` does (validation of the body with ``RequestCreate``, sealing with the
 server's key, blind index, deadline, audit event on the hash chain, verification code,
 queued e-mail), but ``batch`` requests share one transaction and the session's autoflush is
-off inside it, so the rows of a batch go to the database in a few multi-row INSERTs at
-commit instead of one round trip per row. The audit chain stays linear and verifiable (the
-chain head is locked and advanced in memory, then written once per batch).
+off inside it and intake's rows kept (``app.requests.rows.batched``), so the rows of a
+batch go to the database in a few multi-row INSERTs instead of one round trip per request.
+The audit events are pending rows, linked into the chain by the service's linker.
 
 The seeded requests' e-mails count as delivered long ago: their ``notifications.deliver``
 jobs are marked ``succeeded`` and their outbox messages ``sent`` (content dropped), as in a
@@ -23,7 +23,7 @@ from bodies import body_for
 from sqlalchemy import text
 
 from app.config import Settings
-from app.requests import service
+from app.requests import rows, service
 from app.requests.schemas import RequestCreate
 from app.runtime import build_runtime
 
@@ -45,12 +45,13 @@ async def seed(
             last = min(count, first + batch)
             bodies = [RequestCreate.model_validate(body_for(n, tag)) for n in range(first, last)]
             async with runtime.session() as session:
-                with session.no_autoflush:
+                with session.no_autoflush, rows.batched(session):
                     for body in bodies:
                         intake = await service.create_request(
                             session, rt=runtime, body=body, now=runtime.clock.now()
                         )
                         ids.append(intake.answer["id"])
+                    await rows.write_batch(session)
             if progress is not None:
                 progress(last, time.perf_counter() - started)
         async with runtime.session() as session:

@@ -19,7 +19,8 @@ not out of a later flush.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from enum import Enum
 from typing import Any
 
@@ -71,9 +72,40 @@ def _statement(
     return statement, names
 
 
+BATCH = "dsr.rows.batch"
+
+
+@contextmanager
+def batched(session: AsyncSession) -> Iterator[None]:
+    """Keep the rows of many ``insert_rows`` calls and write them, one multi-row insert per
+    table, with ``write_batch`` (bulk loading, e.g. the benchmark's seeding: one round trip
+    per intake would make it several times slower)."""
+    session.info[BATCH] = []
+    try:
+        yield
+    finally:
+        session.info.pop(BATCH, None)
+
+
+async def write_batch(session: AsyncSession) -> None:
+    """Write what ``batched`` kept so far, in the session's transaction."""
+    kept: list[Row] = session.info.get(BATCH, [])
+    by_table: dict[str, tuple[Table, list[dict[str, Any]]]] = {}
+    for table, values in kept:
+        by_table.setdefault(table.name, (table, []))[1].append(values)
+    conn = await session.connection()
+    for table, values_list in by_table.values():
+        await conn.execute(insert(table), values_list)
+    kept.clear()
+
+
 async def insert_rows(session: AsyncSession, rows: Sequence[Row], *, notify_jobs: bool) -> None:
     """Insert ``rows`` in the session's transaction; ``notify_jobs``: one of them is a job,
     wake the workers of other processes when the transaction commits (PostgreSQL)."""
+    kept = session.info.get(BATCH)
+    if kept is not None:
+        kept.extend(rows)
+        return
     conn = await session.connection()
     if conn.dialect.name != "postgresql":
         for table, values in rows:

@@ -68,3 +68,21 @@ async def test_every_row_of_an_intake_is_stored(service: Service) -> None:
     assert replay.status_code == 202
     assert replay.json()["id"] == filed.json()["id"]
     assert await _count(service, "dsr_request") == 1
+
+
+async def test_batched_intakes_are_written_at_once(service: Service) -> None:
+    from app.requests import service as requests
+    from app.requests.schemas import RequestCreate
+
+    async with service.runtime.session() as session:
+        with rows.batched(session):
+            for n in range(3):
+                body = RequestCreate.model_validate(
+                    {"type": "erasure", "subject": {"email": f"c{n}@example.org"}}
+                )
+                await requests.create_request(session, rt=service.runtime, body=body, now=NOW)
+            assert await _count(service, "dsr_request") == 0  # kept, not written yet
+            await rows.write_batch(session)
+
+    assert await _count(service, "dsr_request") == 3
+    assert await _count(service, "outbox_message") == 3
