@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import text
+from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.audit import service as audit
 from tests.conftest import Service
 
 
@@ -15,7 +15,9 @@ async def test_a_failed_commit_is_never_answered_with_a_2xx(
     async def broken(session):  # type: ignore[no-untyped-def]
         raise RuntimeError("the database went away at commit time")
 
-    monkeypatch.setattr(audit, "append_pending", broken)
+    # The commit itself fails (intake writes its rows before the commit, in one statement,
+    # so nothing earlier in the unit of work would notice).
+    monkeypatch.setattr(AsyncSession, "commit", broken)
     answer = await service.client.post(
         "/v1/requests", json={"type": "access", "subject": {"email": "ana@example.org"}}
     )

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, delete, insert, text, update
+from sqlalchemy import Table, bindparam, delete, insert, literal, null, text, union_all, update
+from sqlalchemy import select as sa_select
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -67,17 +68,30 @@ async def record(
 ) -> None:
     """Add one event to the trail, in the caller's unit of work: written with it (just
     before it commits, in one insert), linked into the chain moments later."""
-    body = json.dumps(details or {}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     session.info.setdefault(PENDING, []).append(
-        {
-            "request_id": request_id,
-            "actor": actor,
-            "action": action,
-            "details": body,
-            "created_at": now,
-        }
+        pending_row(actor=actor, action=action, now=now, request_id=request_id, details=details)
     )
     before_commit(session, "audit", append_pending)
+
+
+def pending_row(
+    *,
+    actor: str,
+    action: str,
+    now: datetime,
+    request_id: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``audit_pending`` row of one event, for a caller that writes it with its own rows
+    (intake writes all of its rows in one statement); ``record`` is the usual way."""
+    body = json.dumps(details or {}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return {
+        "request_id": request_id,
+        "actor": actor,
+        "action": action,
+        "details": body,
+        "created_at": now,
+    }
 
 
 async def append_pending(session: AsyncSession) -> None:
@@ -211,30 +225,44 @@ async def verify_chain(session: AsyncSession, *, batch: int = 5000) -> ChainRepo
 
 async def events_for_request(session: AsyncSession, request_id: str) -> list[Any]:
     """The request's trail: linked events in chain order, then those not linked yet (their
-    ``seq`` is None until the linker reaches them)."""
+    ``seq`` is None until the linker reaches them). One Core query (``UNION ALL`` of both
+    tables), not two ORM loads: the staff detail view reads it on every call. Rows have
+    ``seq``, ``created_at``, ``actor``, ``action`` and ``details``."""
     await append_pending(session)  # this unit of work's own events are part of the trail
-    linked = await session.exec(
-        select(AuditEvent).where(AuditEvent.request_id == request_id).order_by(col(AuditEvent.seq))
-    )
-    waiting = await session.exec(
-        select(AuditPending)
-        .where(AuditPending.request_id == request_id)
-        .order_by(col(AuditPending.id))
-    )
-    return [*linked.all(), *(_unlinked(p) for p in waiting.all())]
+    conn = await session.connection()
+    result = await conn.execute(_trail_query(), {"request_id": request_id})
+    return list(result.all())
 
 
-def _unlinked(event: AuditPending) -> AuditEvent:
-    return AuditEvent.model_construct(
-        seq=None,  # type: ignore[arg-type]  # not in the chain yet
-        request_id=event.request_id,
-        actor=event.actor,
-        action=event.action,
-        details=event.details,
-        created_at=event.created_at,
-        prev_hash="",
-        hash="",
-    )
+def _trail_query() -> Any:
+    global _TRAIL
+    if _TRAIL is None:
+        linked = sa_select(
+            literal(0).label("linked_later"),
+            EVENT_TABLE.c.seq,
+            EVENT_TABLE.c.seq.label("position"),
+            EVENT_TABLE.c.created_at,
+            EVENT_TABLE.c.actor,
+            EVENT_TABLE.c.action,
+            EVENT_TABLE.c.details,
+        ).where(EVENT_TABLE.c.request_id == bindparam("request_id"))
+        waiting = sa_select(
+            literal(1).label("linked_later"),
+            null().label("seq"),
+            PENDING_TABLE.c.id.label("position"),
+            PENDING_TABLE.c.created_at,
+            PENDING_TABLE.c.actor,
+            PENDING_TABLE.c.action,
+            PENDING_TABLE.c.details,
+        ).where(PENDING_TABLE.c.request_id == bindparam("request_id"))
+        trail = union_all(linked, waiting).subquery()
+        _TRAIL = sa_select(
+            trail.c.seq, trail.c.created_at, trail.c.actor, trail.c.action, trail.c.details
+        ).order_by(trail.c.linked_later, trail.c.position)
+    return _TRAIL
+
+
+_TRAIL: Any = None
 
 
 async def pending_count(session: AsyncSession) -> int:

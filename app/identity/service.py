@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import Table
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.config import Settings
@@ -22,6 +23,7 @@ from app.kit.crypto import Sealer, normalise_email, same
 from app.security.jwt import JwtVerifier
 
 CODE_DIGITS = 6
+CODE_TABLE: Table = VerificationCode.__table__  # type: ignore[attr-defined]
 
 # --- e-mail codes -------------------------------------------------------------------------
 
@@ -39,16 +41,27 @@ async def issue_code(
     now: datetime,
 ) -> tuple[str, VerificationCode]:
     """Create the request's first code. Returns the code (to e-mail) and its stored row."""
-    code = _new_code()
-    row = VerificationCode(
-        request_id=request_id,
-        digest=sealer.code_digest(context=request_id, code=code),
-        expires_at=now + timedelta(minutes=settings.verification_code_minutes),
-        attempts_left=settings.verification_max_attempts,
-        window_started_at=now,
-    )
+    code, values = code_row(settings=settings, sealer=sealer, request_id=request_id, now=now)
+    row = VerificationCode(**values)
     session.add(row)
     return code, row
+
+
+def code_row(
+    *, settings: Settings, sealer: Sealer, request_id: str, now: datetime
+) -> tuple[str, dict[str, Any]]:
+    """A first code and the column values of its ``verification_code`` row, for a caller
+    that writes the row itself (intake, in one statement with its other rows)."""
+    code = _new_code()
+    return code, {
+        "request_id": request_id,
+        "digest": sealer.code_digest(context=request_id, code=code),
+        "expires_at": now + timedelta(minutes=settings.verification_code_minutes),
+        "attempts_left": settings.verification_max_attempts,
+        "burnt": False,
+        "sends_in_window": 1,
+        "window_started_at": now,
+    }
 
 
 async def reissue_code(

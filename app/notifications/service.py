@@ -8,16 +8,21 @@ deliveries are retried with backoff for hours; the content is dropped once deliv
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
+from sqlalchemy import Table, bindparam, update
+from sqlalchemy import select as sa_select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.config import Settings
 from app.jobs import service as jobs
-from app.jobs.models import Job
+from app.jobs.models import Job, JobStatus
 from app.jobs.registry import JobError, handler
+from app.jobs.service import JOB_TABLE
 from app.jobs.worker import JobContext, payload_of
 from app.kit.crypto import Sealer
 from app.kit.ids import new_id
@@ -29,6 +34,7 @@ log = logging.getLogger("dsr.notifications")
 
 DELIVER_KIND = "notifications.deliver"
 DELIVERY_ATTEMPTS = 60  # with a 10-minute cap and full jitter: about five hours of trying
+OUTBOX_TABLE: Table = OutboxMessage.__table__  # type: ignore[attr-defined]
 
 
 async def queue_mail(
@@ -43,21 +49,18 @@ async def queue_mail(
     context: Mapping[str, object],
     request_id: str | None = None,
 ) -> OutboxMessage:
-    rendered = render(
-        template, language=language, default_language=settings.default_language, context=context
-    )
-    message_id = new_id("msg")
-    sealed = sealer.seal_json(
-        {"to": to, "subject": rendered.subject, "text": rendered.text}, context=message_id
-    )
-    message = OutboxMessage(
-        id=message_id,
-        request_id=request_id,
+    values = _message_values(
+        settings=settings,
+        sealer=sealer,
+        now=now,
+        to=to,
         template=template,
-        language=rendered.language,
-        sealed=sealed,
-        created_at=now,
+        language=language,
+        context=context,
+        request_id=request_id,
     )
+    message = OutboxMessage(**values)
+    message_id = message.id
     session.add(message)
     await jobs.enqueue(
         session,
@@ -70,15 +73,92 @@ async def queue_mail(
     return message
 
 
+def _message_values(
+    *,
+    settings: Settings,
+    sealer: Sealer,
+    now: datetime,
+    to: str,
+    template: str,
+    language: str | None,
+    context: Mapping[str, object],
+    request_id: str | None,
+) -> dict[str, Any]:
+    rendered = render(
+        template, language=language, default_language=settings.default_language, context=context
+    )
+    message_id = new_id("msg")
+    sealed = sealer.seal_json(
+        {"to": to, "subject": rendered.subject, "text": rendered.text}, context=message_id
+    )
+    return {
+        "id": message_id,
+        "request_id": request_id,
+        "template": template,
+        "language": rendered.language,
+        "status": OutboxStatus.pending.value,
+        "sealed": sealed,
+        "attempts": 0,
+        "last_error": None,
+        "created_at": now,
+        "sent_at": None,
+    }
+
+
+def mail_rows(
+    *,
+    settings: Settings,
+    sealer: Sealer,
+    now: datetime,
+    to: str,
+    template: str,
+    language: str | None,
+    context: Mapping[str, object],
+    request_id: str | None = None,
+) -> list[tuple[Table, dict[str, Any]]]:
+    """What ``queue_mail`` writes, as rows for a caller that writes its rows in one statement
+    (intake): the outbox message and its delivery job, queued as ``jobs.enqueue`` queues a job
+    without a queueing lock. The caller wakes the workers (``app.jobs.wakeup``) on commit."""
+    message = _message_values(
+        settings=settings,
+        sealer=sealer,
+        now=now,
+        to=to,
+        template=template,
+        language=language,
+        context=context,
+        request_id=request_id,
+    )
+    job = {
+        "id": new_id("job"),
+        "kind": DELIVER_KIND,
+        "status": JobStatus.queued.value,
+        "payload": json.dumps({"message_id": message["id"]}, separators=(",", ":")),
+        "queueing_lock": None,
+        "request_id": request_id,
+        "run_after": now,
+        "attempts": 0,
+        "max_attempts": DELIVERY_ATTEMPTS,
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "last_error": None,
+        "created_at": now,
+        "updated_at": now,
+    }
+    return [(OUTBOX_TABLE, message), (JOB_TABLE, job)]
+
+
 @handler(DELIVER_KIND)
 async def deliver_message(ctx: JobContext, job: Job) -> None:
     message_id = payload_of(job)["message_id"]
-    async with ctx.session() as session:
-        message = await session.get(OutboxMessage, message_id)
-        if message is None or message.status == OutboxStatus.sent or message.sealed is None:
-            return
-        content = ctx.sealer.open_json(message.sealed, context=message_id)
-        language = message.language
+    # One plain read, outside a transaction (a read session: autocommit on PostgreSQL).
+    async with ctx.read_sessions() as session:
+        conn = await session.connection()
+        found = (await conn.execute(_PENDING_CONTENT, {"id": message_id})).first()
+    if found is None or found.status == OutboxStatus.sent or found.sealed is None:
+        return
+    content = ctx.sealer.open_json(found.sealed, context=message_id)
+    language = found.language
     mail = OutgoingMail(
         message_id=message_id,
         to=content["to"],
@@ -105,13 +185,25 @@ async def deliver_message(ctx: JobContext, job: Job) -> None:
                     message.status = OutboxStatus.failed
                 session.add(message)
         raise JobError(f"delivery failed: {exc}", permanent=exc.permanent) from exc
+    # One UPDATE, not a load and a flush: the content goes as soon as it is delivered.
     async with ctx.session() as session:
-        message = await session.get(OutboxMessage, message_id)
-        if message is not None:
-            message.status = OutboxStatus.sent
-            message.sent_at = ctx.clock.now()
-            message.attempts += 1
-            message.last_error = None
-            message.sealed = None
-            session.add(message)
+        conn = await session.connection()
+        await conn.execute(_MARK_SENT, {"message_id": message_id, "delivered_at": ctx.clock.now()})
     log.info("notifications.sent", extra={"message_id": message_id})
+
+
+_PENDING_CONTENT = sa_select(
+    OUTBOX_TABLE.c.status, OUTBOX_TABLE.c.sealed, OUTBOX_TABLE.c.language
+).where(OUTBOX_TABLE.c.id == bindparam("id"))
+
+_MARK_SENT = (
+    update(OUTBOX_TABLE)
+    .where(OUTBOX_TABLE.c.id == bindparam("message_id"))
+    .values(
+        status=OutboxStatus.sent.value,
+        sent_at=bindparam("delivered_at"),
+        attempts=OUTBOX_TABLE.c.attempts + 1,
+        last_error=None,
+        sealed=None,
+    )
+)

@@ -248,6 +248,9 @@ def _build_environment() -> Environment:
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,
+        # The templates ship with the package and never change under a running process: no
+        # modification-time check (a stat call) on every mail rendered.
+        auto_reload=False,
     )
     env.filters["longdate"] = longdate
     env.filters["request_kind"] = request_kind

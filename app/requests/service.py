@@ -14,10 +14,13 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
+from sqlalchemy import Table, bindparam
+from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.audit import service as audit
+from app.db import after_commit
 from app.deadlines import (
     Deadline,
     IdentityWait,
@@ -30,10 +33,12 @@ from app.deadlines import (
 from app.errors import Conflict, InvalidInput, NotFound
 from app.identity import service as identity
 from app.jobs import service as jobs
+from app.jobs import wakeup
 from app.kit.clock import utc
 from app.kit.crypto import normalise_email, same, token_digest
 from app.kit.ids import new_id
 from app.notifications import service as mail
+from app.requests import rows
 from app.requests.models import DsrRequest, IdempotencyRecord
 from app.requests.schemas import (
     RejectIn,
@@ -54,6 +59,8 @@ log = logging.getLogger("dsr.requests")
 S = RequestStatus
 FAN_OUT_KIND = "requests.fan_out"
 IDEMPOTENCY_TTL = timedelta(hours=24)
+REQUEST_TABLE: Table = DsrRequest.__table__  # type: ignore[attr-defined]
+IDEMPOTENCY_TABLE: Table = IdempotencyRecord.__table__  # type: ignore[attr-defined]
 SUBJECT = "subject"
 SYSTEM = "system"
 
@@ -106,21 +113,41 @@ def deadline_of(
     rt: Runtime, req: DsrRequest, *, now: datetime, extended: bool | None = None
 ) -> Deadline:
     """The request's deadline as the law counts it, from its stored facts."""
+    return _deadline_from(
+        rt,
+        jurisdiction=req.jurisdiction,
+        received_at=req.received_at,
+        wait_started=req.identity_wait_started_at,
+        wait_ended=req.identity_wait_ended_at,
+        now=now,
+        extended=req.extended if extended is None else extended,
+    )
+
+
+def _deadline_from(
+    rt: Runtime,
+    *,
+    jurisdiction: str,
+    received_at: datetime,
+    wait_started: datetime | None,
+    wait_ended: datetime | None,
+    now: datetime,
+    extended: bool,
+) -> Deadline:
     waits = []
-    if req.identity_wait_started_at is not None:
-        ended = req.identity_wait_ended_at
+    if wait_started is not None:
         waits.append(
             IdentityWait(
-                started_at=utc(req.identity_wait_started_at), ended_at=utc(ended) if ended else None
+                started_at=utc(wait_started), ended_at=utc(wait_ended) if wait_ended else None
             )
         )
     return compute_deadline(
-        regime=get_regime(req.jurisdiction),
-        received_at=utc(req.received_at),
+        regime=get_regime(jurisdiction),
+        received_at=utc(received_at),
         tz=rt.settings.tz,
         calendar=calendar_for(rt.settings.country),
         now=now,
-        extended=req.extended if extended is None else extended,
+        extended=extended,
         identity_waits=waits,
     )
 
@@ -149,7 +176,32 @@ def _local_day(rt: Runtime, instant: datetime) -> date:
 
 
 def status_url(rt: Runtime, req: DsrRequest) -> str:
-    return f"{rt.settings.public_url.rstrip('/')}/v1/requests/{req.id}"
+    return _status_url(rt, req.id)
+
+
+def _status_url(rt: Runtime, request_id: str) -> str:
+    return f"{rt.settings.public_url.rstrip('/')}/v1/requests/{request_id}"
+
+
+def _mail_context(
+    rt: Runtime,
+    *,
+    request_id: str,
+    request_type: str,
+    received_at: datetime,
+    due_date: date,
+    **extra: object,
+) -> dict[str, object]:
+    """What every template receives (see ``app.notifications.templates``), and ``extra``."""
+    return {
+        "request_id": request_id,
+        "request_type": request_type,
+        "status_url": _status_url(rt, request_id),
+        "received_date": _local_day(rt, received_at),
+        "due_date": due_date,
+        "organisation": rt.settings.organisation,
+        **extra,
+    }
 
 
 async def _notify(
@@ -163,15 +215,14 @@ async def _notify(
     **extra: object,
 ) -> None:
     to = email or subject_of(rt, req)["email"]
-    context = {
-        "request_id": req.id,
-        "request_type": req.type,
-        "status_url": status_url(rt, req),
-        "received_date": _local_day(rt, req.received_at),
-        "due_date": req.due_date,
-        "organisation": rt.settings.organisation,
+    context = _mail_context(
+        rt,
+        request_id=req.id,
+        request_type=req.type,
+        received_at=req.received_at,
+        due_date=req.due_date,
         **extra,
-    }
+    )
     await mail.queue_mail(
         session,
         settings=rt.settings,
@@ -238,7 +289,9 @@ async def create_request(
         replay = await replay_idempotent(session, rt=rt, key=idempotency_key, body=body, now=now)
         if replay is not None:
             return replay
-    method = "assertion" if vouched_by else _verification_method(rt, body.type)
+    if not vouched_by:
+        return await _file_unvouched(session, rt=rt, body=body, now=now, key=idempotency_key)
+    method = "assertion"
     req, token = _new_request(rt, body, channel="web", received_at=now, now=now, method=method)
     session.add(req)
     await audit.record(
@@ -288,17 +341,102 @@ async def create_request(
         "verification": verification,
     }
     if idempotency_key is not None:
-        key_digest = token_digest(idempotency_key)
-        session.add(
-            IdempotencyRecord(
-                key_digest=key_digest,
-                body_digest=_body_digest(body),
-                request_id=req.id,
-                response_sealed=rt.sealer.seal_json(_jsonable(answer), context=key_digest),
-                created_at=now,
-            )
-        )
+        session.add(IdempotencyRecord(**_idempotency_row(rt, idempotency_key, body, answer, now)))
     log.info("requests.received", extra={"request_id": req.id, "type": req.type})
+    return Intake(answer=answer)
+
+
+def _idempotency_row(
+    rt: Runtime, key: str, body: RequestCreate, answer: dict[str, Any], now: datetime
+) -> dict[str, Any]:
+    key_digest = token_digest(key)
+    return {
+        "key_digest": key_digest,
+        "body_digest": _body_digest(body),
+        "request_id": answer["id"],
+        "response_sealed": rt.sealer.seal_json(_jsonable(answer), context=key_digest),
+        "created_at": now,
+    }
+
+
+async def _file_unvouched(
+    session: AsyncSession, *, rt: Runtime, body: RequestCreate, now: datetime, key: str | None
+) -> Intake:
+    """The usual intake (no trusted system vouches for the subject): the request waits for an
+    e-mail code or a document. Its rows (request, audit event, code, outbox message and
+    delivery job, idempotency record) are built as plain values and written in one statement
+    (``rows.insert_rows``), not through the ORM's unit of work: this is the busiest write of
+    the service, and the ORM flush of five objects was most of its cost."""
+    method = _verification_method(rt, body.type)
+    values, token = _request_values(
+        rt, body, channel="web", received_at=now, now=now, method=method
+    )
+    request_id = values["id"]
+    new: list[rows.Row] = [
+        (REQUEST_TABLE, values),
+        (
+            audit.PENDING_TABLE,
+            audit.pending_row(
+                actor=SUBJECT,
+                action="request.received",
+                now=now,
+                request_id=request_id,
+                details={
+                    "type": values["type"],
+                    "channel": "web",
+                    "jurisdiction": values["jurisdiction"],
+                    "verification": method,
+                },
+            ),
+        ),
+    ]
+    verification: dict[str, Any]
+    if method == "email_code":
+        code, code_values = identity.code_row(
+            settings=rt.settings, sealer=rt.sealer, request_id=request_id, now=now
+        )
+        new.append((identity.CODE_TABLE, code_values))
+        new += mail.mail_rows(
+            settings=rt.settings,
+            sealer=rt.sealer,
+            now=now,
+            to=str(body.subject.email),
+            template="verification_code",
+            language=values["language"],
+            context=_mail_context(
+                rt,
+                request_id=request_id,
+                request_type=values["type"],
+                received_at=now,
+                due_date=values["due_date"],
+                code=code,
+                valid_minutes=rt.settings.verification_code_minutes,
+            ),
+            request_id=request_id,
+        )
+        verification = {"method": "email_code", "expires_at": code_values["expires_at"]}
+    else:
+        verification = {"method": "document", "expires_at": values["verification_expires_at"]}
+    answer = {
+        "id": request_id,
+        "type": values["type"],
+        "status": values["status"],
+        "received_at": values["received_at"],
+        "due_date": values["due_date"],
+        "due_at": values["due_at"],
+        "status_token": token,
+        "verification": verification,
+    }
+    if key is not None:
+        new.append((IDEMPOTENCY_TABLE, _idempotency_row(rt, key, body, answer, now)))
+    queues_mail = method == "email_code"
+    await rows.insert_rows(session, new, notify_jobs=queues_mail)
+    if queues_mail:
+        # The job was written here, not through jobs.enqueue: wake the local workers on
+        # commit as it would (on PostgreSQL the statement itself sent the NOTIFY; elsewhere
+        # there are only local workers to wake).
+        after_commit(session, "jobs.wake", wakeup.wake_local)
+    log.info("requests.received", extra={"request_id": request_id, "type": values["type"]})
     return Intake(answer=answer)
 
 
@@ -315,6 +453,23 @@ def _new_request(
     now: datetime,
     method: str,
 ) -> tuple[DsrRequest, str]:
+    values, token = _request_values(
+        rt, body, channel=channel, received_at=received_at, now=now, method=method
+    )
+    return DsrRequest(**values), token
+
+
+def _request_values(
+    rt: Runtime,
+    body: RequestCreate,
+    *,
+    channel: str,
+    received_at: datetime,
+    now: datetime,
+    method: str,
+) -> tuple[dict[str, Any], str]:
+    """A new request's column values (every column: they may be written without the ORM),
+    with its deadline, and its status token (which only its digest is kept of)."""
     request_id = new_id("req")
     token = secrets.token_urlsafe(32)
     subject = body.subject.model_dump(mode="json", exclude_none=True)
@@ -332,35 +487,56 @@ def _new_request(
         if value is not None
     }
     needs_proof = method not in ("assertion", "verified")
-    req = DsrRequest(
-        id=request_id,
-        type=body.type,
-        status=S.pending_verification,
-        channel=channel,
-        jurisdiction=body.jurisdiction or rt.settings.default_jurisdiction,
-        language=body.language or rt.settings.default_language,
-        email_index=rt.sealer.blind_index(normalise_email(str(body.subject.email))),
-        subject_sealed=rt.sealer.seal_json(subject, context=request_id),
-        content_sealed=rt.sealer.seal_json(content, context=request_id) if content else None,
-        status_token_digest=token_digest(token),
+    jurisdiction = body.jurisdiction or rt.settings.default_jurisdiction
+    wait_started = received_at if needs_proof else None
+    # Not extended yet: the original deadline is the current one.
+    deadline = _deadline_from(
+        rt,
+        jurisdiction=jurisdiction,
         received_at=received_at,
-        created_at=now,
-        updated_at=now,
-        verification_method="none" if not needs_proof else method,
+        wait_started=wait_started,
+        wait_ended=None,
+        now=now,
+        extended=False,
+    )
+    values: dict[str, Any] = {
+        "id": request_id,
+        "type": str(body.type),
+        "status": S.pending_verification.value,
+        "channel": str(channel),
+        "jurisdiction": jurisdiction,
+        "language": body.language or rt.settings.default_language,
+        "email_index": rt.sealer.blind_index(normalise_email(str(body.subject.email))),
+        "subject_sealed": rt.sealer.seal_json(subject, context=request_id),
+        "content_sealed": rt.sealer.seal_json(content, context=request_id) if content else None,
+        "status_token_digest": token_digest(token),
+        "received_at": received_at,
+        "created_at": now,
+        "updated_at": now,
+        "original_due_date": deadline.due_date,
+        "due_date": deadline.due_date,
+        "due_at": deadline.due_at,
+        "extended": False,
+        "extension_reason": None,
+        "extended_at": None,
+        "reminders_sent": "",
+        "verification_method": "none" if not needs_proof else method,
         # The subject has a window to prove who they are; a check left to staff has none.
-        verification_expires_at=(
+        "verification_expires_at": (
             now + timedelta(days=rt.settings.verification_window_days)
             if needs_proof and method != "staff"
             else None
         ),
-        identity_wait_started_at=received_at if needs_proof else None,
-        # filled just below
-        original_due_date=date.min,
-        due_date=date.min,
-        due_at=received_at,
-    )
-    _refresh_deadline(rt, req, now=now)
-    return req, token
+        "identity_verified_at": None,
+        "identity_verified_by": None,
+        "identity_method": None,
+        "identity_wait_started_at": wait_started,
+        "identity_wait_ended_at": None,
+        "rejection_reason": None,
+        "rejection_detail": None,
+        "closed_at": None,
+    }
+    return values, token
 
 
 async def create_staff_request(
@@ -768,14 +944,19 @@ async def open_due_by(session: AsyncSession, *, horizon: date) -> list[DsrReques
 
 
 async def duplicates_of(session: AsyncSession, req: DsrRequest) -> list[str]:
-    """Other open requests of the same person (by keyed hash of the e-mail)."""
-    rows = await session.exec(
-        select(DsrRequest.id)
-        .where(
-            col(DsrRequest.email_index) == req.email_index,
-            col(DsrRequest.id) != req.id,
-            col(DsrRequest.status).in_(list(OPEN)),
-        )
-        .limit(20)
+    """Other open requests of the same person (by keyed hash of the e-mail). A Core query
+    built once: the staff detail view runs it on every call."""
+    conn = await session.connection()
+    result = await conn.execute(_DUPLICATES, {"email_index": req.email_index, "request_id": req.id})
+    return list(result.scalars().all())
+
+
+_DUPLICATES = (
+    sa_select(REQUEST_TABLE.c.id)
+    .where(
+        REQUEST_TABLE.c.email_index == bindparam("email_index"),
+        REQUEST_TABLE.c.id != bindparam("request_id"),
+        REQUEST_TABLE.c.status.in_([status.value for status in OPEN]),
     )
-    return list(rows.all())
+    .limit(20)
+)

@@ -28,6 +28,11 @@ def _verification(req: DsrRequest) -> dict[str, Any] | None:
 
 
 EXPORT_TYPES = frozenset({"access", "portability"})
+# The states machine (``app.requests.states.ALLOWED``) has no way back to these from
+# ``in_progress``, where the fan-out and the package start.
+NEVER_APPROVED = frozenset(
+    {RequestStatus.pending_verification, RequestStatus.pending_review, RequestStatus.expired}
+)
 HAS_OUTCOMES = frozenset(
     {RequestStatus.in_progress, RequestStatus.action_required, RequestStatus.completed}
 )
@@ -105,7 +110,15 @@ async def staff_view(
         else None
     )
     events = await audit.events_for_request(session, req.id)
-    pairs = await connectors.jobs_for_request(session, req.id)
+    # Connector jobs and answer packages exist only once a request has been approved; a
+    # request still (or forever) short of approval has none: skip the two lookups.
+    approved = req.status not in NEVER_APPROVED
+    pairs = await connectors.jobs_for_request(session, req.id) if approved else []
+    package = (
+        await exports.package_for(session, req.id)
+        if approved and req.type in EXPORT_TYPES
+        else None
+    )
     return {
         "id": req.id,
         "type": req.type,
@@ -154,7 +167,7 @@ async def staff_view(
         "rejection_detail": req.rejection_detail,
         "closed_at": req.closed_at,
         "duplicates": await service.duplicates_of(session, req),
-        "export": exports.view(await exports.package_for(session, req.id)),
+        "export": exports.view(package),
         "outcomes": _in_words(rt, req, pairs),
         "jobs": [connectors.job_view(job, connector) for job, connector in pairs],
         "events": [

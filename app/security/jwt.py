@@ -17,6 +17,7 @@ unreachable identity provider is a 503: the caller's token may be fine, we just 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Mapping
@@ -36,6 +37,8 @@ INVALID_TOKEN = "invalid or expired token"
 UNREACHABLE = "the identity provider's key set cannot be fetched"
 # Larger than any sane bearer token; refusing early keeps base64/JSON parsing of junk cheap.
 MAX_TOKEN_BYTES = 16 * 1024
+VERIFIED_TTL_SECONDS = 60.0
+VERIFIED_CACHE_SIZE = 4096
 
 SYMMETRIC_ALGORITHMS = frozenset({"HS256"})
 # The key type each asymmetric algorithm needs: a JWK of another type is never used with it.
@@ -147,6 +150,12 @@ class JwtVerifier:
     audience: str | None = None
     leeway_seconds: int = 30
     _hmac_key: Key | None = field(init=False, repr=False, compare=False, default=None)
+    # Claims of tokens already verified, by the token's digest: a staff client sends the
+    # same token with every request, and checking it (header and payload decoding, HMAC or
+    # signature, claims) cost more than many of the requests it guards.
+    _verified: dict[bytes, tuple[float, dict[str, Any]]] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         # Built once; an empty string counts as "not configured", never as an empty HMAC key.
@@ -164,7 +173,30 @@ class JwtVerifier:
         return frozenset(allowed)
 
     async def verify(self, token: str) -> dict[str, Any]:
-        """The token's claims once its signature, algorithm, expiry, issuer and audience hold."""
+        """The token's claims once its signature, algorithm, expiry, issuer and audience hold.
+
+        A token that verified is remembered until its ``exp`` (at most ``VERIFIED_TTL_SECONDS``,
+        so a key withdrawn from the provider's set stops working within that time). Only
+        exactly the same token string hits the cache, and only after the full check passed
+        once; the cache is bounded and entries are never renewed."""
+        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_BYTES:
+            return await self._verify(token)  # refused there, with the usual answers
+        digest = hashlib.sha256(token.encode()).digest()
+        cached = self._verified.get(digest)
+        now = time.time()
+        if cached is not None:
+            if now < cached[0]:
+                return dict(cached[1])
+            self._verified.pop(digest, None)
+        claims = await self._verify(token)
+        exp = claims.get("exp")
+        if isinstance(exp, int | float) and not isinstance(exp, bool):
+            if len(self._verified) >= VERIFIED_CACHE_SIZE:
+                self._verified.clear()  # crude but bounded; a full cache is rare
+            self._verified[digest] = (min(float(exp), now + VERIFIED_TTL_SECONDS), dict(claims))
+        return claims
+
+    async def _verify(self, token: str) -> dict[str, Any]:
         allowed = self.algorithms
         if not allowed:
             raise Unauthorized("no token issuer is configured")
