@@ -21,27 +21,29 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import itertools
 import json
-import os
 import re
 import secrets
 import shutil
 import time
 import unicodedata
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from app import __version__
-from app.exports.flatten import cell, flatten, row
+from app.exports import jsonio
+from app.exports.flatten import cell, cells
 from app.exports.signing import PackageSigner
 from app.kit.streams import EncryptedWriter, iter_decrypted
 
 JSON_IN_MEMORY_LIMIT = 64 * 1024 * 1024
 MANIFEST_FORMAT = "dsr-export/1"
 _FLUSH_AT = 256 * 1024
+_ROWS_AT = 512  # CSV rows formatted at once (writerows)
 PREVIEW_ROWS = 100  # records per category shown in report.html (all are in the files)
 
 
@@ -127,46 +129,120 @@ class _Member:
         return {"path": self.path, "bytes": self.size, "sha256": self.sha256.hexdigest()}
 
 
-class _Spool:
-    """One category's records, one JSON line each, in an encrypted temporary file."""
+def _scratch(path: Path, key: bytes) -> EncryptedWriter:
+    """A spool file: encrypted like everything at rest, but not fsynced (it lives only for
+    the build; a crash restarts the build)."""
+    return EncryptedWriter(path, wrapping_key=key, context=path.name, durable=False)
 
-    def __init__(self, path: Path, key: bytes) -> None:
-        self.path, self.key = path, key
-        self.writer = EncryptedWriter(path, wrapping_key=key, context=path.name)
+
+class _Spool:
+    """One category's records, kept twice in encrypted temporary files: as JSON lines (for
+    ``data/<system>.json``) and as CSV rows (for the category's CSV).
+
+    Each record is parsed, flattened and written as a CSV row once, here. A row has a cell
+    for every column known when it was written; the columns only grow, so the rows written
+    since the last new column are complete and are copied into the package as they are. The
+    rows before it (usually a handful: the column set settles after the first records) are
+    written again from their JSON lines, with the final columns.
+    """
+
+    def __init__(self, directory: Path, key: bytes) -> None:
+        self.key = key
+        self.json_path = directory / f"{secrets.token_hex(8)}.spool"
+        self.csv_path = directory / f"{secrets.token_hex(8)}.spool"
+        self.json = _scratch(self.json_path, key)
+        self.csv = _scratch(self.csv_path, key)
         self.count = 0
         self.columns: dict[str, None] = {}  # ordered set
+        self.column_list: list[str] = []
         self.preview: list[dict[str, Any]] = []
+        self.lines = bytearray()
+        self.rows: list[list[Any]] = []
+        self.text = io.StringIO()
+        self.writer = csv.writer(self.text, lineterminator="\r\n")
+        self.csv_bytes = 0
+        self.complete_from = 0  # the first record whose CSV row has every column
+        self.complete_offset = 0  # where its row starts in the CSV spool
 
-    def add(self, record: Any) -> None:
-        self.writer.write(json.dumps(record, ensure_ascii=False).encode() + b"\n")
-        flat = flatten(record)
-        self.columns.update(dict.fromkeys(flat))
+    def add(self, record: Any, line: bytes) -> None:
+        """``record`` parsed, ``line`` its JSON text (one line, UTF-8)."""
+        self.lines += line
+        self.lines += b"\n"
+        flat = cells(record)
+        if list(flat) == self.column_list:
+            self.rows.append(list(flat.values()))
+        else:
+            columns = self.columns
+            new = [name for name in flat if name not in columns]
+            if new:
+                self._flush_rows()
+                columns.update(dict.fromkeys(new))
+                self.column_list.extend(new)
+                self.complete_from, self.complete_offset = self.count, self.csv_bytes
+            get = flat.get
+            self.rows.append([get(name, "") for name in self.column_list])
         if len(self.preview) < PREVIEW_ROWS:
             self.preview.append(flat)
         self.count += 1
+        if len(self.rows) >= _ROWS_AT:
+            self._flush_rows()
+        if len(self.lines) >= _FLUSH_AT:
+            self.json.write(self.lines)
+            self.lines.clear()
 
-    def lines(self) -> Iterator[bytes]:
-        yield from _lines(iter_decrypted(self.path, wrapping_key=self.key, context=self.path.name))
+    def _flush_rows(self) -> None:
+        if self.rows:
+            self.writer.writerows(self.rows)
+            self.rows.clear()
+            data = self.text.getvalue().encode()
+            self.text.seek(0)
+            self.text.truncate()
+            self.csv.write(data)
+            self.csv_bytes += len(data)
+
+    def close(self) -> None:
+        self._flush_rows()
+        self.json.write(self.lines)
+        self.lines.clear()
+        self.json.close()
+        self.csv.close()
+
+    def json_chunks(self) -> Iterator[bytes]:
+        return iter_decrypted(self.json_path, wrapping_key=self.key, context=self.json_path.name)
+
+    def csv_chunks(self, start: int) -> Iterator[bytes]:
+        return iter_decrypted(
+            self.csv_path, wrapping_key=self.key, context=self.csv_path.name, start=start
+        )
+
+    def delete(self) -> None:
+        for path in (self.json_path, self.csv_path):
+            path.unlink(missing_ok=True)
 
 
 class _Discard:
     """Where records of categories left out of the package go."""
 
-    def add(self, record: Any) -> None:
+    def add(self, record: Any, line: bytes) -> None:
         pass
 
 
 _DISCARD: Any = _Discard()
 
 
-def _lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+def _lines(chunks: Iterable[bytes]) -> Generator[tuple[bytes, bool], None, None]:
+    """Non-blank lines, each with whether it is free of the long digit runs that orjson
+    cannot read exactly (checked once per chunk, not per line)."""
     rest = b""
     for chunk in chunks:
         rest += chunk
+        exact = jsonio.exact(rest)
         *complete, rest = rest.split(b"\n")
-        yield from (line for line in complete if line.strip())
+        for line in complete:
+            if line.strip():
+                yield line, exact
     if rest.strip():
-        yield rest
+        yield rest, jsonio.exact(rest)
 
 
 class _SystemSpools:
@@ -180,36 +256,44 @@ class _SystemSpools:
         if self.only is not None and category not in self.only:
             return _DISCARD
         if category not in self.by_category:
-            path = self.directory / f"{secrets.token_hex(8)}.spool"
-            self.by_category[category] = _Spool(path, self.key)
+            self.by_category[category] = _Spool(self.directory, self.key)
         return self.by_category[category]
 
     def take(self, source: SourceFile) -> None:
         if source.format == "ndjson":
-            for line in _lines(source.chunks()):
-                try:
-                    item = json.loads(line.decode())
-                except ValueError:
-                    self.skipped += 1
-                    continue
-                if isinstance(item, dict) and set(item) == {"category", "record"}:
-                    self.spool(str(item["category"])).add(item["record"])
-                else:
-                    self.spool("records").add(item)
+            self._take_lines(source)
         elif source.size > JSON_IN_MEMORY_LIMIT:
             self.verbatim.append(source)
         else:
-            data = json.loads(b"".join(source.chunks()) or b"{}")
+            data, fast = jsonio.loads(b"".join(source.chunks()) or b"{}")
             if not isinstance(data, dict):
                 data = {"records": data if isinstance(data, list) else [data]}
             for category, records in data.items():
                 spool = self.spool(str(category))
                 for record in records if isinstance(records, list) else [records]:
-                    spool.add(record)
+                    spool.add(record, jsonio.dumps(record, fast=fast))
+
+    def _take_lines(self, source: SourceFile) -> None:
+        spool_for, dumps = self.spool, jsonio.dumps
+        for line, exact in _lines(source.chunks()):
+            try:
+                item, fast = jsonio.loads(line, checked=exact)
+            except ValueError:
+                self.skipped += 1
+                continue
+            if type(item) is dict and len(item) == 2 and "category" in item and "record" in item:
+                record = item["record"]
+                spool_for(str(item["category"])).add(record, dumps(record, fast=fast))
+            else:
+                spool_for("records").add(item, dumps(item, fast=fast))
 
     def close(self) -> None:
         for spool in self.by_category.values():
-            spool.writer.close()
+            spool.close()
+
+    def delete(self) -> None:
+        for spool in self.by_category.values():
+            spool.delete()
 
 
 def build_package(
@@ -300,17 +384,17 @@ def _write_system(
             member = _Member(zf, csv_path)
             _write_csv(member, spool)
             written.append(member.close())
-            columns = list(spool.columns)
+            columns = list(spool.column_list)
             categories.append(
                 {
                     "name": category,
                     "count": spool.count,
                     "file": csv_path,
                     "columns": columns,
-                    "rows": [row(flat, columns) for flat in spool.preview],
+                    "rows": [[flat.get(c, "") for c in columns] for flat in spool.preview],
                 }
             )
-            os.unlink(spool.path)
+            spool.delete()
     for index, source in enumerate(spools.verbatim, start=1):
         member = _Member(zf, f"data/{name}.upload-{index}.json")
         for chunk in source.chunks():
@@ -329,31 +413,42 @@ def _write_system(
 
 
 def _write_json(member: _Member, spools: dict[str, _Spool]) -> None:
-    """``{"category": [record, ...], ...}``, one record per line."""
-    buffer = bytearray(b"{")
-    for c_index, (category, spool) in enumerate(spools.items()):
-        buffer += b"," if c_index else b""
-        buffer += b"\n  " + json.dumps(category, ensure_ascii=False).encode() + b": ["
-        for r_index, line in enumerate(spool.lines()):
-            buffer += (b",\n    " if r_index else b"\n    ") + line
-            if len(buffer) >= _FLUSH_AT:
-                member.write(bytes(buffer))
-                buffer.clear()
-        buffer += b"\n  ]" if spool.count else b"]"
-    buffer += b"\n}\n"
-    member.write(bytes(buffer))
+    """``{"category": [record, ...], ...}``, one record per line: the spooled lines as they
+    are, their newlines turned into separators a chunk at a time."""
+    opening = b"{"
+    for category, spool in spools.items():
+        member.write(opening + b"\n  " + jsonio.dumps(category, fast=True) + b": [")
+        opening = b","
+        if spool.count:
+            member.write(b"\n    ")
+        held = b""  # the last byte of the previous chunk: the final newline is not a separator
+        for chunk in spool.json_chunks():
+            member.write((held + chunk[:-1]).replace(b"\n", b",\n    "))
+            held = chunk[-1:]
+        member.write(b"\n  ]" if spool.count else b"]")
+    member.write(b"\n}\n")
 
 
 def _write_csv(member: _Member, spool: _Spool) -> None:
-    columns = list(spool.columns)
+    columns = spool.column_list
     text = io.StringIO()
     rows = csv.writer(text, lineterminator="\r\n")
     text.write("\ufeff")  # spreadsheets then read the file as UTF-8
     rows.writerow([cell(c) for c in columns])
-    for line in spool.lines():
-        rows.writerow(row(flatten(json.loads(line.decode())), columns))
-        if text.tell() >= _FLUSH_AT:
-            member.write(text.getvalue().encode())
-            text.seek(0)
-            text.truncate()
+    if spool.complete_from:  # rows written before the last column appeared: again, in full
+        batch: list[list[Any]] = []
+        lines = _lines(spool.json_chunks())
+        for line, exact in itertools.islice(lines, spool.complete_from):
+            flat = cells(jsonio.loads(line, checked=exact)[0])
+            batch.append([flat.get(name, "") for name in columns])
+            if len(batch) >= _ROWS_AT:
+                rows.writerows(batch)
+                batch.clear()
+                member.write(text.getvalue().encode())
+                text.seek(0)
+                text.truncate()
+        rows.writerows(batch)
+        lines.close()
     member.write(text.getvalue().encode())
+    for chunk in spool.csv_chunks(spool.complete_offset):
+        member.write(chunk)

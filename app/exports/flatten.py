@@ -80,3 +80,59 @@ def cell(value: Any) -> Any:
 def row(flat: dict[str, Any], columns: list[str]) -> list[Any]:
     get = flat.get
     return [cell(get(column)) for column in columns]
+
+
+def cells(record: Any) -> dict[str, Any]:
+    """``flatten`` and ``cell`` in one walk: ``{"a": {"b": None}}`` -> ``{"a.b": ""}``. The
+    assembly calls it once per record, and builds both the column set and the CSV row from
+    it, so the leaves are converted here rather than in a second pass over the dict."""
+    out: dict[str, Any] = {}
+    if type(record) is dict:
+        _cells_object(record, "", out)
+    else:
+        out["value"] = cell(record)
+    return out
+
+
+def _cells_object(value: dict[str, Any], prefix: str, out: dict[str, Any]) -> None:
+    for key, inner in value.items():
+        kind = type(inner)
+        if kind is str:
+            out[prefix + key] = "'" + inner if inner and inner[0] in _FORMULA_START else inner
+        elif kind is dict:
+            if inner:
+                _cells_object(inner, prefix + key + ".", out)
+            else:
+                out[prefix + key] = "{}"
+        elif kind is list:
+            if inner:
+                _cells_array(inner, prefix + key + ".", out)
+            else:
+                out[prefix + key] = "[]"
+        elif kind is int or kind is float:
+            out[prefix + key] = inner
+        else:
+            out[prefix + key] = cell(inner)
+
+
+def _cells_array(value: list[Any], prefix: str, out: dict[str, Any]) -> None:
+    for index, inner in enumerate(value):
+        kind = type(inner)
+        if kind is str:
+            out[prefix + str(index)] = (
+                "'" + inner if inner and inner[0] in _FORMULA_START else inner
+            )
+        elif kind is dict:
+            if inner:
+                _cells_object(inner, f"{prefix}{index}.", out)
+            else:
+                out[prefix + str(index)] = "{}"
+        elif kind is list:
+            if inner:
+                _cells_array(inner, f"{prefix}{index}.", out)
+            else:
+                out[prefix + str(index)] = "[]"
+        elif kind is int or kind is float:
+            out[prefix + str(index)] = inner
+        else:
+            out[prefix + str(index)] = cell(inner)

@@ -1,0 +1,125 @@
+"""The package builder on its own: what it writes from NDJSON and JSON results whatever their
+shape (columns that appear late, numbers orjson would not keep, unreadable lines), checked
+against the records as sent."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.exports.assembly import SourceFile, SystemInput, build_package
+from app.exports.signing import PackageSigner
+from app.kit.streams import iter_decrypted
+
+KEY = bytes(range(32))
+
+
+def _source(data: bytes, format: str = "ndjson", piece: int = 97) -> SourceFile:
+    def chunks() -> Iterator[bytes]:
+        return iter([data[i : i + piece] for i in range(0, len(data), piece)])
+
+    return SourceFile(format=format, size=len(data), chunks=chunks)
+
+
+def _ndjson(items: list[Any]) -> bytes:
+    return "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in items).encode()
+
+
+def _build(tmp_path: Path, *sources: SourceFile) -> tuple[zipfile.ZipFile, dict[str, Any]]:
+    path = tmp_path / "package.enc"
+    built = build_package(
+        path,
+        wrapping_key=KEY,
+        context="test",
+        signer=PackageSigner(bytes(32)),
+        request={"id": "req_1"},
+        systems=[SystemInput(name="Shop", outcome="found", processing={}, sources=list(sources))],
+        report=None,
+    )
+    raw = b"".join(iter_decrypted(path, wrapping_key=KEY, context="test"))
+    assert hashlib.sha256(raw).hexdigest() == built.sha256
+    archive = zipfile.ZipFile(io.BytesIO(raw))
+    for entry in built.manifest["files"]:
+        assert hashlib.sha256(archive.read(entry["path"])).hexdigest() == entry["sha256"]
+    return archive, built.manifest
+
+
+def _csv(archive: zipfile.ZipFile, name: str) -> list[list[str]]:
+    text = archive.read(name).decode("utf-8-sig")
+    return list(csv.reader(io.StringIO(text, newline="")))
+
+
+def test_columns_that_appear_late_are_in_every_row(tmp_path: Path) -> None:
+    records: list[Any] = [{"id": None}, {"id": 2, "note": 'two\r\nlines, "quoted"'}]
+    records += [{"id": n, "note": "=1+1", "items": [{"sku": f"S{n}"}]} for n in range(3, 600)]
+    records += [{"id": 600, "late": {"x": True}}, {"id": 601}]
+    records += [{"id": n, "items": [{"sku": "A"}, {"sku": "B"}]} for n in range(602, 1200)]
+    archive, manifest = _build(
+        tmp_path, _source(_ndjson([{"category": "orders", "record": r} for r in records]))
+    )
+    header, *rows = _csv(archive, "data/shop/orders.csv")
+    assert header == ["id", "note", "items.0.sku", "late.x", "items.1.sku"]
+    assert len(rows) == len(records)
+    assert rows[0] == ["", "", "", "", ""]
+    assert rows[1] == ["2", 'two\r\nlines, "quoted"', "", "", ""]
+    assert rows[3] == ["4", "'=1+1", "S4", "", ""]
+    assert rows[599] == ["600", "", "", "true", ""]
+    assert rows[-1] == ["1199", "", "A", "", "B"]
+    assert json.loads(archive.read("data/shop.json")) == {"orders": records}
+    assert manifest["systems"][0]["categories"] == [
+        {"name": "orders", "count": len(records), "file": "data/shop/orders.csv"}
+    ]
+
+
+def test_numbers_and_text_are_kept_exactly_as_sent(tmp_path: Path) -> None:
+    big = 123456789012345678901234567890
+    lines = [
+        json.dumps({"category": "a", "record": {"big": big, "name": "Ána"}}),  # \u-escaped in
+        '{"category": "a", "record": {"n": NaN, "i": -Infinity}}',
+        '{"category": "a", "record": {"f": 0.1, "e": 1e300, "neg": -9223372036854775808}}',
+        "not json at all",
+        '["a", "bare", "list"]',
+        "",
+        '"text"\r',
+    ]
+    archive, manifest = _build(tmp_path, _source(("\n".join(lines) + "\n").encode()))
+    text = archive.read("data/shop.json").decode()
+    assert "\\u" not in text
+    assert "Ána" in text
+    data = json.loads(text)
+    assert data["a"][0] == {"big": big, "name": "Ána"}
+    assert type(data["a"][0]["big"]) is int
+    assert str(data["a"][1]["n"]) == "nan"
+    assert data["a"][1]["i"] == float("-inf")
+    assert data["a"][2] == {"f": 0.1, "e": 1e300, "neg": -9223372036854775808}
+    assert data["records"] == [["a", "bare", "list"], "text"]
+    assert manifest["systems"][0]["unreadable_lines"] == 1
+    header, first, *_ = _csv(archive, "data/shop/a.csv")
+    assert header[:2] == ["big", "name"]
+    assert first[:2] == [str(big), "Ána"]
+
+
+@pytest.mark.parametrize("piece", [1, 64 * 1024])
+def test_a_json_result_and_many_categories(tmp_path: Path, piece: int) -> None:
+    data = {
+        "orders": [{"id": n, "tags": ["é", "+x"]} for n in range(300)],
+        "profile": {"email": "a@example.org"},
+        "empty": [],
+    }
+    archive, _ = _build(tmp_path, _source(json.dumps(data).encode(), "json", piece))
+    assert json.loads(archive.read("data/shop.json")) == {
+        "orders": data["orders"],
+        "profile": [data["profile"]],
+        "empty": [],
+    }
+    assert _csv(archive, "data/shop/empty.csv") == [[]]
+    assert _csv(archive, "data/shop/orders.csv")[300] == ["299", "é", "'+x"]
+    assert _csv(archive, "data/shop/profile.csv") == [["email"], ["a@example.org"]]
