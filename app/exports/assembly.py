@@ -2,17 +2,18 @@
 
 For each system, its stored results (inline ``data``, JSON and NDJSON uploads) are read back
 chunk by chunk and spooled one record per line into per-category files (encrypted with a
-key that lives only in memory for the build); from the spools come ``data/<system>.json``
-(one record per line, UTF-8, not ``\\u``-escaped) and ``data/<system>/<category>.csv``
-(nested values in dotted columns). Then ``report.html``, ``manifest.json`` (every file with
-its size and SHA-256) and ``manifest.jws`` (its detached signature). The ZIP is written with
-``zipfile`` in streaming mode (data descriptors, ZIP64), so no member is ever whole in
-memory, and its own SHA-256 is computed as it is written: it is what ``export.sha256``
-promises of the bytes served.
+key that lives only in memory for the build), by ``app.exports.spools`` in a thread that
+works on the next system while this module writes the previous one. From the spools come
+``data/<system>.json`` (one record per line, UTF-8, not ``\\u``-escaped) and
+``data/<system>/<category>.csv`` (nested values in dotted columns). Then ``report.html``,
+``manifest.json`` (every file with its size and SHA-256) and ``manifest.jws`` (its detached
+signature). The ZIP is written with ``zipfile`` in streaming mode (data descriptors, ZIP64),
+so no member is ever whole in memory, and its own SHA-256 is computed as it is written: it
+is what ``export.sha256`` promises of the bytes served.
 
 NDJSON uploads carry one record per line, as ``{"category": "...", "record": {...}}`` or
 as a bare record (filed under ``records``). A JSON upload is ``{"<category>": [records]}``
-like a result's ``data``; one larger than ``JSON_IN_MEMORY_LIMIT`` is put in the package as
+like a result's ``data``; one larger than ``spools.JSON_IN_MEMORY_LIMIT`` is put in the package as
 sent, without CSV (send NDJSON for that size).
 """
 
@@ -29,7 +30,6 @@ import shutil
 import time
 import unicodedata
 import zipfile
-from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,13 +38,16 @@ from app import __version__
 from app.exports import jsonio
 from app.exports.flatten import cell, cells
 from app.exports.signing import PackageSigner
-from app.kit.streams import EncryptedWriter, iter_decrypted
+from app.exports.spools import (
+    ROWS_AT,
+    Spool,
+    Spooler,
+    SystemSpools,
+    spool_lines,
+)
+from app.kit.streams import EncryptedWriter
 
-JSON_IN_MEMORY_LIMIT = 64 * 1024 * 1024
 MANIFEST_FORMAT = "dsr-export/1"
-_FLUSH_AT = 256 * 1024
-_ROWS_AT = 512  # CSV rows formatted at once (writerows)
-PREVIEW_ROWS = 100  # records per category shown in report.html (all are in the files)
 
 
 @dataclass
@@ -129,173 +132,6 @@ class _Member:
         return {"path": self.path, "bytes": self.size, "sha256": self.sha256.hexdigest()}
 
 
-def _scratch(path: Path, key: bytes) -> EncryptedWriter:
-    """A spool file: encrypted like everything at rest, but not fsynced (it lives only for
-    the build; a crash restarts the build)."""
-    return EncryptedWriter(path, wrapping_key=key, context=path.name, durable=False)
-
-
-class _Spool:
-    """One category's records, kept twice in encrypted temporary files: as JSON lines (for
-    ``data/<system>.json``) and as CSV rows (for the category's CSV).
-
-    Each record is parsed, flattened and written as a CSV row once, here. A row has a cell
-    for every column known when it was written; the columns only grow, so the rows written
-    since the last new column are complete and are copied into the package as they are. The
-    rows before it (usually a handful: the column set settles after the first records) are
-    written again from their JSON lines, with the final columns.
-    """
-
-    def __init__(self, directory: Path, key: bytes) -> None:
-        self.key = key
-        self.json_path = directory / f"{secrets.token_hex(8)}.spool"
-        self.csv_path = directory / f"{secrets.token_hex(8)}.spool"
-        self.json = _scratch(self.json_path, key)
-        self.csv = _scratch(self.csv_path, key)
-        self.count = 0
-        self.columns: dict[str, None] = {}  # ordered set
-        self.column_list: list[str] = []
-        self.preview: list[dict[str, Any]] = []
-        self.lines = bytearray()
-        self.rows: list[list[Any]] = []
-        self.text = io.StringIO()
-        self.writer = csv.writer(self.text, lineterminator="\r\n")
-        self.csv_bytes = 0
-        self.complete_from = 0  # the first record whose CSV row has every column
-        self.complete_offset = 0  # where its row starts in the CSV spool
-
-    def add(self, record: Any, line: bytes) -> None:
-        """``record`` parsed, ``line`` its JSON text (one line, UTF-8)."""
-        self.lines += line
-        self.lines += b"\n"
-        flat = cells(record)
-        if list(flat) == self.column_list:
-            self.rows.append(list(flat.values()))
-        else:
-            columns = self.columns
-            new = [name for name in flat if name not in columns]
-            if new:
-                self._flush_rows()
-                columns.update(dict.fromkeys(new))
-                self.column_list.extend(new)
-                self.complete_from, self.complete_offset = self.count, self.csv_bytes
-            get = flat.get
-            self.rows.append([get(name, "") for name in self.column_list])
-        if len(self.preview) < PREVIEW_ROWS:
-            self.preview.append(flat)
-        self.count += 1
-        if len(self.rows) >= _ROWS_AT:
-            self._flush_rows()
-        if len(self.lines) >= _FLUSH_AT:
-            self.json.write(self.lines)
-            self.lines.clear()
-
-    def _flush_rows(self) -> None:
-        if self.rows:
-            self.writer.writerows(self.rows)
-            self.rows.clear()
-            data = self.text.getvalue().encode()
-            self.text.seek(0)
-            self.text.truncate()
-            self.csv.write(data)
-            self.csv_bytes += len(data)
-
-    def close(self) -> None:
-        self._flush_rows()
-        self.json.write(self.lines)
-        self.lines.clear()
-        self.json.close()
-        self.csv.close()
-
-    def json_chunks(self) -> Iterator[bytes]:
-        return iter_decrypted(self.json_path, wrapping_key=self.key, context=self.json_path.name)
-
-    def csv_chunks(self, start: int) -> Iterator[bytes]:
-        return iter_decrypted(
-            self.csv_path, wrapping_key=self.key, context=self.csv_path.name, start=start
-        )
-
-    def delete(self) -> None:
-        for path in (self.json_path, self.csv_path):
-            path.unlink(missing_ok=True)
-
-
-class _Discard:
-    """Where records of categories left out of the package go."""
-
-    def add(self, record: Any, line: bytes) -> None:
-        pass
-
-
-_DISCARD: Any = _Discard()
-
-
-def _lines(chunks: Iterable[bytes]) -> Generator[tuple[bytes, bool], None, None]:
-    """Non-blank lines, each with whether it is free of the long digit runs that orjson
-    cannot read exactly (checked once per chunk, not per line)."""
-    rest = b""
-    for chunk in chunks:
-        rest += chunk
-        exact = jsonio.exact(rest)
-        *complete, rest = rest.split(b"\n")
-        for line in complete:
-            if line.strip():
-                yield line, exact
-    if rest.strip():
-        yield rest, jsonio.exact(rest)
-
-
-class _SystemSpools:
-    def __init__(self, directory: Path, key: bytes, only: frozenset[str] | None = None) -> None:
-        self.directory, self.key, self.only = directory, key, only
-        self.by_category: dict[str, _Spool] = {}
-        self.verbatim: list[SourceFile] = []
-        self.skipped = 0
-
-    def spool(self, category: str) -> _Spool:
-        if self.only is not None and category not in self.only:
-            return _DISCARD
-        if category not in self.by_category:
-            self.by_category[category] = _Spool(self.directory, self.key)
-        return self.by_category[category]
-
-    def take(self, source: SourceFile) -> None:
-        if source.format == "ndjson":
-            self._take_lines(source)
-        elif source.size > JSON_IN_MEMORY_LIMIT:
-            self.verbatim.append(source)
-        else:
-            data, fast = jsonio.loads(b"".join(source.chunks()) or b"{}")
-            if not isinstance(data, dict):
-                data = {"records": data if isinstance(data, list) else [data]}
-            for category, records in data.items():
-                spool = self.spool(str(category))
-                for record in records if isinstance(records, list) else [records]:
-                    spool.add(record, jsonio.dumps(record, fast=fast))
-
-    def _take_lines(self, source: SourceFile) -> None:
-        spool_for, dumps = self.spool, jsonio.dumps
-        for line, exact in _lines(source.chunks()):
-            try:
-                item, fast = jsonio.loads(line, checked=exact)
-            except ValueError:
-                self.skipped += 1
-                continue
-            if type(item) is dict and len(item) == 2 and "category" in item and "record" in item:
-                record = item["record"]
-                spool_for(str(item["category"])).add(record, dumps(record, fast=fast))
-            else:
-                spool_for("records").add(item, dumps(item, fast=fast))
-
-    def close(self) -> None:
-        for spool in self.by_category.values():
-            spool.close()
-
-    def delete(self) -> None:
-        for spool in self.by_category.values():
-            spool.delete()
-
-
 def build_package(
     path: Path,
     *,
@@ -318,12 +154,11 @@ def build_package(
     try:
         with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
             taken: set[str] = set()
-            for system in systems:
-                entry, written = _write_system(
-                    zf, system, slug(system.name, taken), work, spool_key
-                )
-                described.append(entry)
-                files.extend(written)
+            with Spooler(systems, work, spool_key) as spooled:
+                for system, spools in zip(systems, spooled, strict=True):
+                    entry, written = _write_system(zf, system, spools, slug(system.name, taken))
+                    described.append(entry)
+                    files.extend(written)
             if report is not None:
                 html = report(described).encode()
                 member = _Member(zf, "report.html")
@@ -366,12 +201,8 @@ def _manifest_entry(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_system(
-    zf: zipfile.ZipFile, system: SystemInput, name: str, work: Path, key: bytes
+    zf: zipfile.ZipFile, system: SystemInput, spools: SystemSpools, name: str
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    spools = _SystemSpools(work, key, system.only_categories)
-    for source in system.sources:
-        spools.take(source)
-    spools.close()
     written: list[dict[str, Any]] = []
     categories: list[dict[str, Any]] = []
     if spools.by_category:
@@ -412,7 +243,7 @@ def _write_system(
     return entry, written
 
 
-def _write_json(member: _Member, spools: dict[str, _Spool]) -> None:
+def _write_json(member: _Member, spools: dict[str, Spool]) -> None:
     """``{"category": [record, ...], ...}``, one record per line: the spooled lines as they
     are, their newlines turned into separators a chunk at a time."""
     opening = b"{"
@@ -429,7 +260,7 @@ def _write_json(member: _Member, spools: dict[str, _Spool]) -> None:
     member.write(b"\n}\n")
 
 
-def _write_csv(member: _Member, spool: _Spool) -> None:
+def _write_csv(member: _Member, spool: Spool) -> None:
     columns = spool.column_list
     text = io.StringIO()
     rows = csv.writer(text, lineterminator="\r\n")
@@ -437,11 +268,11 @@ def _write_csv(member: _Member, spool: _Spool) -> None:
     rows.writerow([cell(c) for c in columns])
     if spool.complete_from:  # rows written before the last column appeared: again, in full
         batch: list[list[Any]] = []
-        lines = _lines(spool.json_chunks())
+        lines = spool_lines(spool.json_chunks())
         for line, exact in itertools.islice(lines, spool.complete_from):
             flat = cells(jsonio.loads(line, checked=exact)[0])
             batch.append([flat.get(name, "") for name in columns])
-            if len(batch) >= _ROWS_AT:
+            if len(batch) >= ROWS_AT:
                 rows.writerows(batch)
                 batch.clear()
                 member.write(text.getvalue().encode())

@@ -8,6 +8,7 @@ import csv
 import hashlib
 import io
 import json
+import threading
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -123,3 +124,27 @@ def test_a_json_result_and_many_categories(tmp_path: Path, piece: int) -> None:
     assert _csv(archive, "data/shop/empty.csv") == [[]]
     assert _csv(archive, "data/shop/orders.csv")[300] == ["299", "é", "'+x"]
     assert _csv(archive, "data/shop/profile.csv") == [["email"], ["a@example.org"]]
+
+
+def test_a_result_that_fails_to_read_fails_the_build_and_leaves_nothing(tmp_path: Path) -> None:
+    def broken() -> Iterator[bytes]:
+        yield b'{"n": 1}\n'
+        raise ValueError("chunk 3 failed authentication")
+
+    good = _source(_ndjson([{"n": n} for n in range(100)]))
+    systems = [
+        SystemInput(name=f"S{n}", outcome="found", processing={}, sources=[good]) for n in range(3)
+    ]
+    systems.insert(2, SystemInput(name="bad", outcome="found", processing={}, sources=[]))
+    systems[2].sources.append(SourceFile(format="ndjson", size=10, chunks=broken))
+    with pytest.raises(ValueError, match="chunk 3"):
+        build_package(
+            tmp_path / "package.enc",
+            wrapping_key=KEY,
+            context="test",
+            signer=PackageSigner(bytes(32)),
+            request={"id": "req_1"},
+            systems=systems,
+        )
+    assert list(tmp_path.iterdir()) == []
+    assert not [t for t in threading.enumerate() if t.name == "export-spooler"]
