@@ -21,6 +21,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from app.exports import jsonio
 from app.exports.flatten import cells
 from app.kit.streams import EncryptedWriter, iter_decrypted
@@ -189,8 +191,11 @@ class SystemSpools:
                 self.skipped += 1
                 continue
             if type(item) is dict and len(item) == 2 and "category" in item and "record" in item:
-                record = item["record"]
-                spool_for(str(item["category"])).add(record, dumps(record, fast=fast))
+                record, category = item["record"], item["category"]
+                text = _record_text(line, category) if fast else None
+                spool_for(str(category)).add(record, text or dumps(record, fast=fast))
+            elif fast and b"\\u" not in line:
+                spool_for("records").add(item, line.strip())
             else:
                 spool_for("records").add(item, dumps(item, fast=fast))
 
@@ -206,6 +211,24 @@ class SystemSpools:
         for spool in self.by_category.values():
             spool.json.abort()
             spool.csv.abort()
+
+
+def _record_text(line: bytes, category: Any) -> bytes | None:
+    """The record's own text in an NDJSON line ``{"category": "...", "record": ...}`` as
+    most senders write it (saves writing the record again), or None when that cannot be
+    told for sure: other spacing or key order, ``\\u`` escapes (the package is not
+    escaped), or a key written twice (only one of the values was read). Only for lines
+    that orjson read (valid JSON, an object of exactly these two keys)."""
+    if type(category) is not str or b"\\u" in line:
+        return None
+    prefix = b'{"category": ' + orjson.dumps(category) + b', "record": '
+    line = line.rstrip()
+    if not (line.startswith(prefix) and line.endswith(b"}")):
+        return None
+    # Without \u escapes a key "record" or "category" is only ever written as these bytes.
+    if line.count(b'"record"') != 1 or line.count(b'"category"') != 1:
+        return None
+    return line[len(prefix) : -1].strip()
 
 
 class Stopped(Exception):

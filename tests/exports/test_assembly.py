@@ -148,3 +148,33 @@ def test_a_result_that_fails_to_read_fails_the_build_and_leaves_nothing(tmp_path
         )
     assert list(tmp_path.iterdir()) == []
     assert not [t for t in threading.enumerate() if t.name == "export-spooler"]
+
+
+def test_records_are_taken_from_their_lines_only_when_that_is_exact(tmp_path: Path) -> None:
+    lines = [
+        '{"category": "a", "record": {"x": 1}, "record": {"x": 2}}',  # the last one counts
+        '{"category": "a", "record": {"x": 3}, "category": "a"}',
+        '{"category":"a","record":{"x":4}}',
+        '{"category": "a", "record": {"x": "say \\"record\\"", "y": [1, 2]} }\r',
+        '{"record": {"x": 6}, "category": "a"}',
+        '{"category": "a", "record": "caf\\u00e9"}',
+        '{"category": "a", "record": {"x": "C:\\\\users"}}',
+        '{"category": "\\u00e9t\\u00e9", "record": 8}',
+        '  {"x": 9}  ',
+    ]
+    archive, _ = _build(tmp_path, _source(("\n".join(lines) + "\n").encode()))
+    text = archive.read("data/shop.json").decode()
+    assert "\\u00" not in text
+    assert json.loads(text) == {
+        "a": [
+            {"x": 2},
+            {"x": 3},
+            {"x": 4},
+            {"x": 'say "record"', "y": [1, 2]},
+            {"x": 6},
+            "café",
+            {"x": "C:\\users"},
+        ],
+        "été": [8],
+        "records": [{"x": 9}],
+    }
