@@ -151,37 +151,43 @@ def build_package(
     sink = _ZipSink(writer)
     files: list[dict[str, Any]] = []
     described: list[dict[str, Any]] = []
+    zf: zipfile.ZipFile | None = None
     try:
-        with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
-            taken: set[str] = set()
-            with Spooler(systems, work, spool_key) as spooled:
-                for system, spools in zip(systems, spooled, strict=True):
-                    entry, written = _write_system(zf, system, spools, slug(system.name, taken))
-                    described.append(entry)
-                    files.extend(written)
-            if report is not None:
-                html = report(described).encode()
-                member = _Member(zf, "report.html")
-                member.write(html)
-                files.append(member.close())
-            manifest = {
-                "format": MANIFEST_FORMAT,
-                "service": {"name": "dsr", "version": __version__},
-                "request": request,
-                "systems": [_manifest_entry(entry) for entry in described],
-                "files": files,
-            }
-            body = json.dumps(manifest, ensure_ascii=False, indent=2).encode()
-            for name, content in (
-                ("manifest.json", body),
-                ("manifest.jws", signer.sign_detached(body).encode()),
-            ):
-                info = zipfile.ZipInfo(name, date_time=time.gmtime()[:6])
-                info.compress_type = zipfile.ZIP_DEFLATED
-                with zf.open(info, "w") as handle:
-                    handle.write(content)
+        # Not a with block: closing the ZIP after a failed member would raise in place of
+        # the error that failed it.
+        zf = zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1)
+        taken: set[str] = set()
+        with Spooler(systems, work, spool_key) as spooled:
+            for system, spools in zip(systems, spooled, strict=True):
+                entry, written = _write_system(zf, system, spools, slug(system.name, taken))
+                described.append(entry)
+                files.extend(written)
+        if report is not None:
+            html = report(described).encode()
+            member = _Member(zf, "report.html")
+            member.write(html)
+            files.append(member.close())
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "service": {"name": "dsr", "version": __version__},
+            "request": request,
+            "systems": [_manifest_entry(entry) for entry in described],
+            "files": files,
+        }
+        body = json.dumps(manifest, ensure_ascii=False, indent=2).encode()
+        for name, content in (
+            ("manifest.json", body),
+            ("manifest.jws", signer.sign_detached(body).encode()),
+        ):
+            info = zipfile.ZipInfo(name, date_time=time.gmtime()[:6])
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with zf.open(info, "w") as handle:
+                handle.write(content)
+        zf.close()
         writer.close()
     except BaseException:
+        if zf is not None:
+            zf.fp = None  # the package is deleted: nothing more to write (nor on __del__)
         writer.abort()
         raise
     finally:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from app.exports import spools
 from app.exports.assembly import SourceFile, SystemInput, build_package
 from app.exports.signing import PackageSigner
 from app.kit.streams import iter_decrypted
@@ -178,3 +179,17 @@ def test_records_are_taken_from_their_lines_only_when_that_is_exact(tmp_path: Pa
         "été": [8],
         "records": [{"x": 9}],
     }
+
+
+def test_an_error_inside_a_member_is_the_error_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spools, "JSON_IN_MEMORY_LIMIT", 10)  # the upload goes in as sent
+
+    def cut() -> Iterator[bytes]:
+        yield b'{"orders": [{"n": 1},'
+        raise ValueError("chunk 2 failed authentication")
+
+    with pytest.raises(ValueError, match="chunk 2 failed authentication"):
+        _build(tmp_path, SourceFile(format="json", size=100, chunks=cut))
+    assert list(tmp_path.iterdir()) == []
