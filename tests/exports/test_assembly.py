@@ -18,6 +18,7 @@ import pytest
 
 from app.exports import spools
 from app.exports.assembly import SourceFile, SystemInput, build_package
+from app.exports.flatten import cells
 from app.exports.signing import PackageSigner
 from app.kit.streams import iter_decrypted
 
@@ -193,3 +194,24 @@ def test_an_error_inside_a_member_is_the_error_raised(
     with pytest.raises(ValueError, match="chunk 2 failed authentication"):
         _build(tmp_path, SourceFile(format="json", size=100, chunks=cut))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cells_flatten_and_guard_every_kind_of_value() -> None:
+    record = {
+        "a": {"b": None, "c": [True, {"d": "-1"}, []], "e": {}},
+        "f": 1.5,
+        "g": "@SUM(A1)",
+        "h": "",
+    }
+    assert cells(record) == {
+        "a.b": "",
+        "a.c.0": "true",
+        "a.c.1.d": "'-1",
+        "a.c.2": "[]",
+        "a.e": "{}",
+        "f": 1.5,
+        "g": "'@SUM(A1)",
+        "h": "",
+    }
+    assert cells(["x"]) == {"value": '["x"]'}
+    assert cells("=x") == {"value": "'=x"}
