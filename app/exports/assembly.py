@@ -2,17 +2,18 @@
 
 For each system, its stored results (inline ``data``, JSON and NDJSON uploads) are read back
 chunk by chunk and spooled one record per line into per-category files (encrypted with a
-key that lives only in memory for the build); from the spools come ``data/<system>.json``
-(one record per line, UTF-8, not ``\\u``-escaped) and ``data/<system>/<category>.csv``
-(nested values in dotted columns). Then ``report.html``, ``manifest.json`` (every file with
-its size and SHA-256) and ``manifest.jws`` (its detached signature). The ZIP is written with
-``zipfile`` in streaming mode (data descriptors, ZIP64), so no member is ever whole in
-memory, and its own SHA-256 is computed as it is written: it is what ``export.sha256``
-promises of the bytes served.
+key that lives only in memory for the build), by ``app.exports.spools`` in a thread that
+works on the next system while this module writes the previous one. From the spools come
+``data/<system>.json`` (one record per line, UTF-8, not ``\\u``-escaped) and
+``data/<system>/<category>.csv`` (nested values in dotted columns). Then ``report.html``,
+``manifest.json`` (every file with its size and SHA-256) and ``manifest.jws`` (its detached
+signature). The ZIP is written with ``zipfile`` in streaming mode (data descriptors, ZIP64),
+so no member is ever whole in memory, and its own SHA-256 is computed as it is written: it
+is what ``export.sha256`` promises of the bytes served.
 
 NDJSON uploads carry one record per line, as ``{"category": "...", "record": {...}}`` or
 as a bare record (filed under ``records``). A JSON upload is ``{"<category>": [records]}``
-like a result's ``data``; one larger than ``JSON_IN_MEMORY_LIMIT`` is put in the package as
+like a result's ``data``; one larger than ``spools.JSON_IN_MEMORY_LIMIT`` is put in the package as
 sent, without CSV (send NDJSON for that size).
 """
 
@@ -21,28 +22,32 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import itertools
 import json
-import os
 import re
 import secrets
 import shutil
 import time
 import unicodedata
 import zipfile
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from app import __version__
-from app.exports.flatten import cell, flatten, row
+from app.exports import jsonio
+from app.exports.flatten import cell, cells
 from app.exports.signing import PackageSigner
-from app.kit.streams import EncryptedWriter, iter_decrypted
+from app.exports.spools import (
+    ROWS_AT,
+    Spool,
+    Spooler,
+    SystemSpools,
+    spool_lines,
+)
+from app.kit.streams import EncryptedWriter
 
-JSON_IN_MEMORY_LIMIT = 64 * 1024 * 1024
 MANIFEST_FORMAT = "dsr-export/1"
-_FLUSH_AT = 256 * 1024
-PREVIEW_ROWS = 100  # records per category shown in report.html (all are in the files)
 
 
 @dataclass
@@ -127,91 +132,6 @@ class _Member:
         return {"path": self.path, "bytes": self.size, "sha256": self.sha256.hexdigest()}
 
 
-class _Spool:
-    """One category's records, one JSON line each, in an encrypted temporary file."""
-
-    def __init__(self, path: Path, key: bytes) -> None:
-        self.path, self.key = path, key
-        self.writer = EncryptedWriter(path, wrapping_key=key, context=path.name)
-        self.count = 0
-        self.columns: dict[str, None] = {}  # ordered set
-        self.preview: list[dict[str, Any]] = []
-
-    def add(self, record: Any) -> None:
-        self.writer.write(json.dumps(record, ensure_ascii=False).encode() + b"\n")
-        flat = flatten(record)
-        self.columns.update(dict.fromkeys(flat))
-        if len(self.preview) < PREVIEW_ROWS:
-            self.preview.append(flat)
-        self.count += 1
-
-    def lines(self) -> Iterator[bytes]:
-        yield from _lines(iter_decrypted(self.path, wrapping_key=self.key, context=self.path.name))
-
-
-class _Discard:
-    """Where records of categories left out of the package go."""
-
-    def add(self, record: Any) -> None:
-        pass
-
-
-_DISCARD: Any = _Discard()
-
-
-def _lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    rest = b""
-    for chunk in chunks:
-        rest += chunk
-        *complete, rest = rest.split(b"\n")
-        yield from (line for line in complete if line.strip())
-    if rest.strip():
-        yield rest
-
-
-class _SystemSpools:
-    def __init__(self, directory: Path, key: bytes, only: frozenset[str] | None = None) -> None:
-        self.directory, self.key, self.only = directory, key, only
-        self.by_category: dict[str, _Spool] = {}
-        self.verbatim: list[SourceFile] = []
-        self.skipped = 0
-
-    def spool(self, category: str) -> _Spool:
-        if self.only is not None and category not in self.only:
-            return _DISCARD
-        if category not in self.by_category:
-            path = self.directory / f"{secrets.token_hex(8)}.spool"
-            self.by_category[category] = _Spool(path, self.key)
-        return self.by_category[category]
-
-    def take(self, source: SourceFile) -> None:
-        if source.format == "ndjson":
-            for line in _lines(source.chunks()):
-                try:
-                    item = json.loads(line.decode())
-                except ValueError:
-                    self.skipped += 1
-                    continue
-                if isinstance(item, dict) and set(item) == {"category", "record"}:
-                    self.spool(str(item["category"])).add(item["record"])
-                else:
-                    self.spool("records").add(item)
-        elif source.size > JSON_IN_MEMORY_LIMIT:
-            self.verbatim.append(source)
-        else:
-            data = json.loads(b"".join(source.chunks()) or b"{}")
-            if not isinstance(data, dict):
-                data = {"records": data if isinstance(data, list) else [data]}
-            for category, records in data.items():
-                spool = self.spool(str(category))
-                for record in records if isinstance(records, list) else [records]:
-                    spool.add(record)
-
-    def close(self) -> None:
-        for spool in self.by_category.values():
-            spool.writer.close()
-
-
 def build_package(
     path: Path,
     *,
@@ -231,38 +151,43 @@ def build_package(
     sink = _ZipSink(writer)
     files: list[dict[str, Any]] = []
     described: list[dict[str, Any]] = []
+    zf: zipfile.ZipFile | None = None
     try:
-        with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
-            taken: set[str] = set()
-            for system in systems:
-                entry, written = _write_system(
-                    zf, system, slug(system.name, taken), work, spool_key
-                )
+        # Not a with block: closing the ZIP after a failed member would raise in place of
+        # the error that failed it.
+        zf = zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1)
+        taken: set[str] = set()
+        with Spooler(systems, work, spool_key) as spooled:
+            for system, spools in zip(systems, spooled, strict=True):
+                entry, written = _write_system(zf, system, spools, slug(system.name, taken))
                 described.append(entry)
                 files.extend(written)
-            if report is not None:
-                html = report(described).encode()
-                member = _Member(zf, "report.html")
-                member.write(html)
-                files.append(member.close())
-            manifest = {
-                "format": MANIFEST_FORMAT,
-                "service": {"name": "dsr", "version": __version__},
-                "request": request,
-                "systems": [_manifest_entry(entry) for entry in described],
-                "files": files,
-            }
-            body = json.dumps(manifest, ensure_ascii=False, indent=2).encode()
-            for name, content in (
-                ("manifest.json", body),
-                ("manifest.jws", signer.sign_detached(body).encode()),
-            ):
-                info = zipfile.ZipInfo(name, date_time=time.gmtime()[:6])
-                info.compress_type = zipfile.ZIP_DEFLATED
-                with zf.open(info, "w") as handle:
-                    handle.write(content)
+        if report is not None:
+            html = report(described).encode()
+            member = _Member(zf, "report.html")
+            member.write(html)
+            files.append(member.close())
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "service": {"name": "dsr", "version": __version__},
+            "request": request,
+            "systems": [_manifest_entry(entry) for entry in described],
+            "files": files,
+        }
+        body = json.dumps(manifest, ensure_ascii=False, indent=2).encode()
+        for name, content in (
+            ("manifest.json", body),
+            ("manifest.jws", signer.sign_detached(body).encode()),
+        ):
+            info = zipfile.ZipInfo(name, date_time=time.gmtime()[:6])
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with zf.open(info, "w") as handle:
+                handle.write(content)
+        zf.close()
         writer.close()
     except BaseException:
+        if zf is not None:
+            zf.fp = None  # the package is deleted: nothing more to write (nor on __del__)
         writer.abort()
         raise
     finally:
@@ -282,12 +207,8 @@ def _manifest_entry(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_system(
-    zf: zipfile.ZipFile, system: SystemInput, name: str, work: Path, key: bytes
+    zf: zipfile.ZipFile, system: SystemInput, spools: SystemSpools, name: str
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    spools = _SystemSpools(work, key, system.only_categories)
-    for source in system.sources:
-        spools.take(source)
-    spools.close()
     written: list[dict[str, Any]] = []
     categories: list[dict[str, Any]] = []
     if spools.by_category:
@@ -300,17 +221,17 @@ def _write_system(
             member = _Member(zf, csv_path)
             _write_csv(member, spool)
             written.append(member.close())
-            columns = list(spool.columns)
+            columns = list(spool.column_list)
             categories.append(
                 {
                     "name": category,
                     "count": spool.count,
                     "file": csv_path,
                     "columns": columns,
-                    "rows": [row(flat, columns) for flat in spool.preview],
+                    "rows": [[flat.get(c, "") for c in columns] for flat in spool.preview],
                 }
             )
-            os.unlink(spool.path)
+            spool.delete()
     for index, source in enumerate(spools.verbatim, start=1):
         member = _Member(zf, f"data/{name}.upload-{index}.json")
         for chunk in source.chunks():
@@ -328,32 +249,43 @@ def _write_system(
     return entry, written
 
 
-def _write_json(member: _Member, spools: dict[str, _Spool]) -> None:
-    """``{"category": [record, ...], ...}``, one record per line."""
-    buffer = bytearray(b"{")
-    for c_index, (category, spool) in enumerate(spools.items()):
-        buffer += b"," if c_index else b""
-        buffer += b"\n  " + json.dumps(category, ensure_ascii=False).encode() + b": ["
-        for r_index, line in enumerate(spool.lines()):
-            buffer += (b",\n    " if r_index else b"\n    ") + line
-            if len(buffer) >= _FLUSH_AT:
-                member.write(bytes(buffer))
-                buffer.clear()
-        buffer += b"\n  ]" if spool.count else b"]"
-    buffer += b"\n}\n"
-    member.write(bytes(buffer))
+def _write_json(member: _Member, spools: dict[str, Spool]) -> None:
+    """``{"category": [record, ...], ...}``, one record per line: the spooled lines as they
+    are, their newlines turned into separators a chunk at a time."""
+    opening = b"{"
+    for category, spool in spools.items():
+        member.write(opening + b"\n  " + jsonio.dumps(category, fast=True) + b": [")
+        opening = b","
+        if spool.count:
+            member.write(b"\n    ")
+        held = b""  # the last byte of the previous chunk: the final newline is not a separator
+        for chunk in spool.json_chunks():
+            member.write((held + chunk[:-1]).replace(b"\n", b",\n    "))
+            held = chunk[-1:]
+        member.write(b"\n  ]" if spool.count else b"]")
+    member.write(b"\n}\n")
 
 
-def _write_csv(member: _Member, spool: _Spool) -> None:
-    columns = list(spool.columns)
+def _write_csv(member: _Member, spool: Spool) -> None:
+    columns = spool.column_list
     text = io.StringIO()
     rows = csv.writer(text, lineterminator="\r\n")
     text.write("\ufeff")  # spreadsheets then read the file as UTF-8
     rows.writerow([cell(c) for c in columns])
-    for line in spool.lines():
-        rows.writerow(row(flatten(json.loads(line.decode())), columns))
-        if text.tell() >= _FLUSH_AT:
-            member.write(text.getvalue().encode())
-            text.seek(0)
-            text.truncate()
+    if spool.complete_from:  # rows written before the last column appeared: again, in full
+        batch: list[list[Any]] = []
+        lines = spool_lines(spool.json_chunks())
+        for line, exact in itertools.islice(lines, spool.complete_from):
+            flat = cells(jsonio.loads(line, checked=exact)[0])
+            batch.append([flat.get(name, "") for name in columns])
+            if len(batch) >= ROWS_AT:
+                rows.writerows(batch)
+                batch.clear()
+                member.write(text.getvalue().encode())
+                text.seek(0)
+                text.truncate()
+        rows.writerows(batch)
+        lines.close()
     member.write(text.getvalue().encode())
+    for chunk in spool.csv_chunks(spool.complete_offset):
+        member.write(chunk)

@@ -115,7 +115,8 @@ def _unwrap_key(header: _Header, *, wrapping_key: bytes, context: str) -> bytes:
 class EncryptedWriter:
     """Encrypts what is written to ``path``, one chunk at a time.
 
-    ``close()`` seals the final chunk and fsyncs; ``abort()`` deletes the file. As a context
+    ``close()`` seals the final chunk and fsyncs (unless ``durable`` is False: scratch files
+    that no crash needs to find again); ``abort()`` deletes the file. As a context
     manager it closes on success and aborts on an exception. Writing goes to ``path`` itself:
     the caller picks a temporary name and renames once closed.
     """
@@ -127,8 +128,10 @@ class EncryptedWriter:
         wrapping_key: bytes,
         context: str,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        durable: bool = True,
     ) -> None:
         _check_parameters(wrapping_key, chunk_size)
+        self._durable = durable
         file_key = os.urandom(KEY_BYTES)
         header = _new_header(
             file_key, wrapping_key=wrapping_key, context=context, chunk_size=chunk_size
@@ -171,7 +174,8 @@ class EncryptedWriter:
             self._seal(self._buffer, final=True)
             self._buffer.clear()
             file.flush()
-            os.fsync(file.fileno())
+            if self._durable:
+                os.fsync(file.fileno())
         finally:
             self._file = None
             file.close()

@@ -98,6 +98,22 @@ def test_many_small_and_empty_writes(tmp_path: Path) -> None:
     assert decrypt(path) == data
 
 
+@pytest.mark.parametrize("durable", [True, False])
+def test_only_durable_files_are_fsynced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durable: bool
+) -> None:
+    synced: list[int] = []
+    monkeypatch.setattr(os, "fsync", synced.append)
+    path, data = tmp_path / "f.enc", payload(3 * CHUNK + 1)
+    writer = EncryptedWriter(
+        path, wrapping_key=KEY, context=CONTEXT, chunk_size=CHUNK, durable=durable
+    )
+    writer.write(data)
+    writer.close()
+    assert len(synced) == (1 if durable else 0)
+    assert decrypt(path) == data
+
+
 def test_writes_of_other_buffer_types(tmp_path: Path) -> None:
     path, data = tmp_path / "f.enc", payload(3 * CHUNK + 1)
     encrypt(path, [bytearray(data[:100]), memoryview(data)[100:]])

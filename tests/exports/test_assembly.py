@@ -1,0 +1,217 @@
+"""The package builder on its own: what it writes from NDJSON and JSON results whatever their
+shape (columns that appear late, numbers orjson would not keep, unreadable lines), checked
+against the records as sent."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import threading
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.exports import spools
+from app.exports.assembly import SourceFile, SystemInput, build_package
+from app.exports.flatten import cells
+from app.exports.signing import PackageSigner
+from app.kit.streams import iter_decrypted
+
+KEY = bytes(range(32))
+
+
+def _source(data: bytes, format: str = "ndjson", piece: int = 97) -> SourceFile:
+    def chunks() -> Iterator[bytes]:
+        return iter([data[i : i + piece] for i in range(0, len(data), piece)])
+
+    return SourceFile(format=format, size=len(data), chunks=chunks)
+
+
+def _ndjson(items: list[Any]) -> bytes:
+    return "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in items).encode()
+
+
+def _build(tmp_path: Path, *sources: SourceFile) -> tuple[zipfile.ZipFile, dict[str, Any]]:
+    path = tmp_path / "package.enc"
+    built = build_package(
+        path,
+        wrapping_key=KEY,
+        context="test",
+        signer=PackageSigner(bytes(32)),
+        request={"id": "req_1"},
+        systems=[SystemInput(name="Shop", outcome="found", processing={}, sources=list(sources))],
+        report=None,
+    )
+    raw = b"".join(iter_decrypted(path, wrapping_key=KEY, context="test"))
+    assert hashlib.sha256(raw).hexdigest() == built.sha256
+    archive = zipfile.ZipFile(io.BytesIO(raw))
+    for entry in built.manifest["files"]:
+        assert hashlib.sha256(archive.read(entry["path"])).hexdigest() == entry["sha256"]
+    return archive, built.manifest
+
+
+def _csv(archive: zipfile.ZipFile, name: str) -> list[list[str]]:
+    text = archive.read(name).decode("utf-8-sig")
+    return list(csv.reader(io.StringIO(text, newline="")))
+
+
+def test_columns_that_appear_late_are_in_every_row(tmp_path: Path) -> None:
+    records: list[Any] = [{"id": None}, {"id": 2, "note": 'two\r\nlines, "quoted"'}]
+    records += [{"id": n, "note": "=1+1", "items": [{"sku": f"S{n}"}]} for n in range(3, 600)]
+    records += [{"id": 600, "late": {"x": True}}, {"id": 601}]
+    records += [{"id": n, "items": [{"sku": "A"}, {"sku": "B"}]} for n in range(602, 1200)]
+    archive, manifest = _build(
+        tmp_path, _source(_ndjson([{"category": "orders", "record": r} for r in records]))
+    )
+    header, *rows = _csv(archive, "data/shop/orders.csv")
+    assert header == ["id", "note", "items.0.sku", "late.x", "items.1.sku"]
+    assert len(rows) == len(records)
+    assert rows[0] == ["", "", "", "", ""]
+    assert rows[1] == ["2", 'two\r\nlines, "quoted"', "", "", ""]
+    assert rows[3] == ["4", "'=1+1", "S4", "", ""]
+    assert rows[599] == ["600", "", "", "true", ""]
+    assert rows[-1] == ["1199", "", "A", "", "B"]
+    assert json.loads(archive.read("data/shop.json")) == {"orders": records}
+    assert manifest["systems"][0]["categories"] == [
+        {"name": "orders", "count": len(records), "file": "data/shop/orders.csv"}
+    ]
+
+
+def test_numbers_and_text_are_kept_exactly_as_sent(tmp_path: Path) -> None:
+    big = 123456789012345678901234567890
+    lines = [
+        json.dumps({"category": "a", "record": {"big": big, "name": "Ána"}}),  # \u-escaped in
+        '{"category": "a", "record": {"n": NaN, "i": -Infinity}}',
+        '{"category": "a", "record": {"f": 0.1, "e": 1e300, "neg": -9223372036854775808}}',
+        "not json at all",
+        '["a", "bare", "list"]',
+        "",
+        '"text"\r',
+    ]
+    archive, manifest = _build(tmp_path, _source(("\n".join(lines) + "\n").encode()))
+    text = archive.read("data/shop.json").decode()
+    assert "\\u" not in text
+    assert "Ána" in text
+    data = json.loads(text)
+    assert data["a"][0] == {"big": big, "name": "Ána"}
+    assert type(data["a"][0]["big"]) is int
+    assert str(data["a"][1]["n"]) == "nan"
+    assert data["a"][1]["i"] == float("-inf")
+    assert data["a"][2] == {"f": 0.1, "e": 1e300, "neg": -9223372036854775808}
+    assert data["records"] == [["a", "bare", "list"], "text"]
+    assert manifest["systems"][0]["unreadable_lines"] == 1
+    header, first, *_ = _csv(archive, "data/shop/a.csv")
+    assert header[:2] == ["big", "name"]
+    assert first[:2] == [str(big), "Ána"]
+
+
+@pytest.mark.parametrize("piece", [1, 64 * 1024])
+def test_a_json_result_and_many_categories(tmp_path: Path, piece: int) -> None:
+    data = {
+        "orders": [{"id": n, "tags": ["é", "+x"]} for n in range(300)],
+        "profile": {"email": "a@example.org"},
+        "empty": [],
+    }
+    archive, _ = _build(tmp_path, _source(json.dumps(data).encode(), "json", piece))
+    assert json.loads(archive.read("data/shop.json")) == {
+        "orders": data["orders"],
+        "profile": [data["profile"]],
+        "empty": [],
+    }
+    assert _csv(archive, "data/shop/empty.csv") == [[]]
+    assert _csv(archive, "data/shop/orders.csv")[300] == ["299", "é", "'+x"]
+    assert _csv(archive, "data/shop/profile.csv") == [["email"], ["a@example.org"]]
+
+
+def test_a_result_that_fails_to_read_fails_the_build_and_leaves_nothing(tmp_path: Path) -> None:
+    def broken() -> Iterator[bytes]:
+        yield b'{"n": 1}\n'
+        raise ValueError("chunk 3 failed authentication")
+
+    good = _source(_ndjson([{"n": n} for n in range(100)]))
+    systems = [
+        SystemInput(name=f"S{n}", outcome="found", processing={}, sources=[good]) for n in range(3)
+    ]
+    systems.insert(2, SystemInput(name="bad", outcome="found", processing={}, sources=[]))
+    systems[2].sources.append(SourceFile(format="ndjson", size=10, chunks=broken))
+    with pytest.raises(ValueError, match="chunk 3"):
+        build_package(
+            tmp_path / "package.enc",
+            wrapping_key=KEY,
+            context="test",
+            signer=PackageSigner(bytes(32)),
+            request={"id": "req_1"},
+            systems=systems,
+        )
+    assert list(tmp_path.iterdir()) == []
+    assert not [t for t in threading.enumerate() if t.name == "export-spooler"]
+
+
+def test_records_are_taken_from_their_lines_only_when_that_is_exact(tmp_path: Path) -> None:
+    lines = [
+        '{"category": "a", "record": {"x": 1}, "record": {"x": 2}}',  # the last one counts
+        '{"category": "a", "record": {"x": 3}, "category": "a"}',
+        '{"category":"a","record":{"x":4}}',
+        '{"category": "a", "record": {"x": "say \\"record\\"", "y": [1, 2]} }\r',
+        '{"record": {"x": 6}, "category": "a"}',
+        '{"category": "a", "record": "caf\\u00e9"}',
+        '{"category": "a", "record": {"x": "C:\\\\users"}}',
+        '{"category": "\\u00e9t\\u00e9", "record": 8}',
+        '  {"x": 9}  ',
+    ]
+    archive, _ = _build(tmp_path, _source(("\n".join(lines) + "\n").encode()))
+    text = archive.read("data/shop.json").decode()
+    assert "\\u00" not in text
+    assert json.loads(text) == {
+        "a": [
+            {"x": 2},
+            {"x": 3},
+            {"x": 4},
+            {"x": 'say "record"', "y": [1, 2]},
+            {"x": 6},
+            "café",
+            {"x": "C:\\users"},
+        ],
+        "été": [8],
+        "records": [{"x": 9}],
+    }
+
+
+def test_an_error_inside_a_member_is_the_error_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spools, "JSON_IN_MEMORY_LIMIT", 10)  # the upload goes in as sent
+
+    def cut() -> Iterator[bytes]:
+        yield b'{"orders": [{"n": 1},'
+        raise ValueError("chunk 2 failed authentication")
+
+    with pytest.raises(ValueError, match="chunk 2 failed authentication"):
+        _build(tmp_path, SourceFile(format="json", size=100, chunks=cut))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cells_flatten_and_guard_every_kind_of_value() -> None:
+    record = {
+        "a": {"b": None, "c": [True, {"d": "-1"}, []], "e": {}},
+        "f": 1.5,
+        "g": "@SUM(A1)",
+        "h": "",
+    }
+    assert cells(record) == {
+        "a.b": "",
+        "a.c.0": "true",
+        "a.c.1.d": "'-1",
+        "a.c.2": "[]",
+        "a.e": "{}",
+        "f": 1.5,
+        "g": "'@SUM(A1)",
+        "h": "",
+    }
+    assert cells(["x"]) == {"value": '["x"]'}
+    assert cells("=x") == {"value": "'=x"}
