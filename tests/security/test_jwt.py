@@ -95,7 +95,8 @@ def ec_key() -> KeyPair:
 
 def claims(**overrides: Any) -> dict[str, Any]:
     now = int(time.time())
-    return {"sub": "staff-1", "iat": now, "exp": now + 300, **overrides}
+    # An hour: parametrised claims are made at collection, long before a slow run reaches them.
+    return {"sub": "staff-1", "iat": now, "exp": now + 3600, **overrides}
 
 
 def b64url(raw: bytes) -> str:
