@@ -13,12 +13,13 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import String, Table, cast, func, literal, or_, text, update
+from sqlalchemy import String, Table, bindparam, cast, func, literal, or_, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.db import UtcDateTime
 from app.jobs import wakeup
 from app.jobs.models import Job, JobStatus
 from app.kit.ids import new_id
@@ -184,6 +185,39 @@ async def _finish(
 async def mark_succeeded(session: AsyncSession, job: Job, *, worker_id: str, now: datetime) -> bool:
     return await _finish(
         session, job, worker_id=worker_id, now=now, status=JobStatus.succeeded, last_error=None
+    )
+
+
+_FINISH_MANY = (
+    update(JOB_TABLE)
+    .where(
+        JOB_TABLE.c.id == bindparam("b_id"),
+        JOB_TABLE.c.lease_owner == bindparam("b_owner"),
+        JOB_TABLE.c.status == JobStatus.running,
+        JOB_TABLE.c.attempts == bindparam("b_attempts"),
+    )
+    .values(
+        status=JobStatus.succeeded,
+        last_error=None,
+        lease_owner=None,
+        lease_expires_at=None,
+        updated_at=bindparam("b_now", type_=UtcDateTime()),
+    )
+)
+
+
+async def finish_many(session: AsyncSession, finished: list[Job], *, now: datetime) -> None:
+    """``finish`` for many jobs of one unit of work (a coalesced batch of handlers): one
+    prepared statement run for every job, each still checked against its own lease."""
+    if not finished:
+        return
+    connection = await session.connection()
+    await connection.execute(
+        _FINISH_MANY,
+        [
+            {"b_id": j.id, "b_owner": j.lease_owner or "", "b_attempts": j.attempts, "b_now": now}
+            for j in finished
+        ],
     )
 
 
