@@ -316,7 +316,8 @@ async def call_connector(ctx: JobContext, job: Job) -> object:
 
 async def _start_call(ctx: JobContext, job: Job, cj_id: str) -> _Call | None:
     """Check the job still needs this call, count the attempt, build the signed body. None
-    when there is nothing to call (the job's engine job is then finished).
+    when there is nothing to call (the job's engine job is then finished). The unbatched
+    form of ``calls.start``, which falls back on it when a batch fails.
 
     The common case is two statements on this hot path: the job's row is claimed with one
     ``UPDATE ... RETURNING`` (only that row is locked: calls for one request never queue
@@ -531,7 +532,8 @@ async def _finish_with_result(
     *,
     now: datetime,
 ) -> None:
-    """The common end of a call (a 200 with a result), in one short unit of work: the job
+    """The common end of a call (a 200 with a result), unbatched (``calls.finish`` falls back
+    on it when a batch fails), in one short unit of work: the job
     row is updated only if this call still owns it, the event recorded, the engine job
     finished. Then, outside it, whether the request is done: only when no other job of it
     is left unfinished does a settle get queued (the last one to commit always sees that)."""
