@@ -837,6 +837,7 @@ class FanoutBench:
             "engine_jobs_logged_per_worker": jobs_done if any(jobs_done) else None,
             "worker_errors_and_warnings": problems,
             "cpu_pct_of_one_core": cpu_share(before, after, t_idle - t0),
+            "cpu_ms_per_call": cpu_ms_per_call(before, after, len(arrivals)),
             "pg_connections": sampler.summary(),
             "pg_lock_waits": locks.summary(),
             "pg_commits_per_call": round(sampler.commits / len(arrivals), 2),
@@ -852,6 +853,7 @@ class FanoutBench:
             + (f"; jobs per worker {jobs_done}" if any(jobs_done) else "")
         )
         log(f"  CPU {run['cpu_pct_of_one_core']}")
+        log(f"  CPU ms per call (thaw -> queue empty, whole backlog) {run['cpu_ms_per_call']}")
         if problems:
             log(f"  worker errors/warnings ({len(problems)} shown): {problems}")
         log(
@@ -985,6 +987,19 @@ class FanoutBench:
             "\nof one core; high values mean noisy figures)"
         )
         print(f"\nfull results: {path}")
+
+
+def cpu_ms_per_call(before: dict[str, Any], after: dict[str, Any], calls: int) -> dict[str, float]:
+    """CPU milliseconds per connector call by process group (the workers', PostgreSQL's...):
+    unlike calls/s, this does not depend on what else the shared machine is running."""
+    used: dict[str, float] = {}
+    for group, pids in after.items():
+        if group in ("machine", "loadgen"):
+            continue
+        spent = sum(cpu - before.get(group, {}).get(pid, 0.0) for pid, cpu in pids.items())
+        used[group] = round(1000 * spent / max(1, calls), 2)
+    used["workers"] = round(sum(v for k, v in used.items() if k.startswith("worker")), 2)
+    return used
 
 
 def worker_problems(workers: list[Any], limit: int = 5) -> list[str]:

@@ -27,7 +27,7 @@ from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.audit import service as audit
-from app.connectors import client, results, signing
+from app.connectors import calls, client, results, signing
 from app.connectors import service as registry
 from app.connectors.models import (
     FINISHED,
@@ -248,10 +248,14 @@ class _Call:
     headers: dict[str, str]
 
 
-def _call_body(rt: Runtime, req: Any, cj_id: str, connector: Connector) -> bytes:
+def _call_body(
+    rt: Runtime, req: Any, cj_id: str, connector: Connector, *, subject: dict[str, Any] | None
+) -> bytes:
     """The contract's body, with only the identities this connector declared. ``req`` is
-    the request's row (id, type, due_at and its sealed subject and content)."""
-    subject = rt.sealer.open_json(req.subject_sealed, context=req.id)
+    the request's row (id, type, due_at and its sealed subject and content); ``subject``
+    its opened subject when the caller has it already (a batch opens it once per request)."""
+    if subject is None:
+        subject = rt.sealer.open_json(req.subject_sealed, context=req.id)
     wanted = json.loads(connector.identity_types)
     body: dict[str, Any] = {
         "job_id": cj_id,
@@ -285,8 +289,10 @@ def _slot(rt: Runtime, connector: Connector) -> asyncio.Semaphore:
 
 @handler(CALL_KIND)
 async def call_connector(ctx: JobContext, job: Job) -> object:
+    """Start (batched with the calls started in the same moment), call, finish (batched
+    likewise for the common answer, a result): see ``app.connectors.calls``."""
     cj_id = payload_of(job)["connector_job_id"]
-    call = await _start_call(ctx, job, cj_id)
+    call = await calls.start(ctx, job, cj_id)
     if call is None:
         return JOB_FINISHED
     async with _slot(ctx, call.connector):
@@ -310,7 +316,8 @@ async def call_connector(ctx: JobContext, job: Job) -> object:
 
 async def _start_call(ctx: JobContext, job: Job, cj_id: str) -> _Call | None:
     """Check the job still needs this call, count the attempt, build the signed body. None
-    when there is nothing to call (the job's engine job is then finished).
+    when there is nothing to call (the job's engine job is then finished). The unbatched
+    form of ``calls.start``, which falls back on it when a batch fails.
 
     The common case is two statements on this hot path: the job's row is claimed with one
     ``UPDATE ... RETURNING`` (only that row is locked: calls for one request never queue
@@ -339,27 +346,55 @@ async def _start_call(ctx: JobContext, job: Job, cj_id: str) -> _Call | None:
         connector = await _connector(ctx, session, claimed[1])
         problem = _why_not_callable(ctx, connector, req.status)
         if problem is None and connector.mode == ConnectorMode.webhook:
-            assert connector.url is not None
-            body = _call_body(ctx, req, cj_id, connector)
-            headers = signing.sign_headers(
-                registry.signing_secrets(ctx, connector, now=now), msg_id=f"msg_{cj_id}", body=body
-            )
-            headers["idempotency-key"] = cj_id
-            return _Call(connector, req.type, connector.url, body, headers)  # commits the attempt
-        cj = await session.get(ConnectorJob, cj_id)
-        assert cj is not None
-        if problem is not None:
-            await _fail(session, ctx, None, cj, error=problem, now=now)
-        else:  # became a manual connector since the job was queued
-            cj.status, cj.updated_at = J.waiting_for_staff, now
-            session.add(cj)
-            await _record(session, cj, "waiting_for_staff", now=now)
-            await _tell_staff(
-                session, ctx, await requests.get_by_id(session, req.id), connector, now=now
-            )
-            await _settle_later(session, cj.request_id, now=now)
+            return build_call(ctx, req, cj_id, connector, now=now)  # commits the attempt
+        await not_callable(session, ctx, req, cj_id, connector, problem, now=now)
         await jobs.finish(session, job, now=now)
     return None
+
+
+def build_call(
+    rt: Runtime,
+    req: Any,
+    cj_id: str,
+    connector: Connector,
+    *,
+    now: datetime,
+    subject: dict[str, Any] | None = None,
+) -> _Call:
+    """The signed POST for one call (CPU only: run it outside transactions when batched)."""
+    assert connector.url is not None
+    body = _call_body(rt, req, cj_id, connector, subject=subject)
+    headers = signing.sign_headers(
+        registry.signing_secrets(rt, connector, now=now), msg_id=f"msg_{cj_id}", body=body
+    )
+    headers["idempotency-key"] = cj_id
+    return _Call(connector, req.type, connector.url, body, headers)
+
+
+async def not_callable(
+    session: AsyncSession,
+    ctx: Runtime,
+    req: Any,
+    cj_id: str,
+    connector: Connector,
+    problem: str | None,
+    *,
+    now: datetime,
+) -> None:
+    """A claimed call that must not go out: the job fails (``problem``), or waits on staff
+    when its connector became a manual one since the job was queued."""
+    cj = await session.get(ConnectorJob, cj_id)
+    assert cj is not None
+    if problem is not None:
+        await _fail(session, ctx, None, cj, error=problem, now=now)
+    else:  # became a manual connector since the job was queued
+        cj.status, cj.updated_at = J.waiting_for_staff, now
+        session.add(cj)
+        await _record(session, cj, "waiting_for_staff", now=now)
+        await _tell_staff(
+            session, ctx, await requests.get_by_id(session, req.id), connector, now=now
+        )
+        await _settle_later(session, cj.request_id, now=now)
 
 
 REQUEST_FACTS: tuple[Any, ...] = (
@@ -433,7 +468,7 @@ async def _finish_call(
 ) -> None:
     now = ctx.clock.now()
     if prepared is not None and prepared.result.status == "completed":
-        await _finish_with_result(ctx, job, cj_id, connector, prepared, now=now)
+        await calls.finish(ctx, job, cj_id, connector, prepared)
         return
     async with ctx.session() as session:
         cj = await session.get(ConnectorJob, cj_id, with_for_update=True)
@@ -497,7 +532,8 @@ async def _finish_with_result(
     *,
     now: datetime,
 ) -> None:
-    """The common end of a call (a 200 with a result), in one short unit of work: the job
+    """The common end of a call (a 200 with a result), unbatched (``calls.finish`` falls back
+    on it when a batch fails), in one short unit of work: the job
     row is updated only if this call still owns it, the event recorded, the engine job
     finished. Then, outside it, whether the request is done: only when no other job of it
     is left unfinished does a settle get queued (the last one to commit always sees that)."""

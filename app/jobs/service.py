@@ -13,12 +13,13 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import String, Table, cast, func, literal, or_, text, update
+from sqlalchemy import String, Table, bindparam, cast, func, literal, or_, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.db import UtcDateTime
 from app.jobs import wakeup
 from app.jobs.models import Job, JobStatus
 from app.kit.ids import new_id
@@ -80,56 +81,75 @@ async def _insert_unless_locked(session: AsyncSession, job: Job) -> bool:
     return bool(result.rowcount)
 
 
+J_ = JOB_TABLE.c
+_NOW = bindparam("b_now", type_=UtcDateTime())
+
+# Built once: the claim runs on every worker round, so neither statement is rebuilt, and
+# both run on the connection (no ORM bulk-update machinery, no session synchronisation).
+_FAIL_LOST = (
+    update(JOB_TABLE)
+    .where(
+        J_.status == JobStatus.running,
+        J_.lease_expires_at < _NOW,
+        J_.attempts >= J_.max_attempts,
+    )
+    .values(
+        status=JobStatus.failed,
+        last_error=literal("worker lost during attempt ")
+        + cast(J_.attempts, String)
+        + literal(" of ")
+        + cast(J_.max_attempts, String),
+        lease_owner=None,
+        lease_expires_at=None,
+        updated_at=_NOW,
+    )
+)
+_CLAIM = (
+    update(JOB_TABLE)
+    .where(
+        J_.id.in_(
+            select(J_.id)
+            .where(
+                or_(
+                    (J_.status == JobStatus.queued) & (J_.run_after <= _NOW),
+                    (J_.status == JobStatus.running) & (J_.lease_expires_at < _NOW),
+                )
+            )
+            .order_by(J_.run_after)
+            .limit(bindparam("b_limit"))
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+    )
+    .values(
+        status=JobStatus.running,
+        attempts=J_.attempts + 1,
+        lease_owner=bindparam("b_owner"),
+        lease_expires_at=bindparam("b_expires", type_=UtcDateTime()),
+        updated_at=_NOW,
+    )
+    .returning(*JOB_TABLE.columns)
+)
+
+
 async def claim_due_jobs(
     session: AsyncSession, *, worker_id: str, now: datetime, limit: int, lease_seconds: float
 ) -> list[Job]:
     """Take up to ``limit`` due jobs under a lease held by ``worker_id``: one ``UPDATE ...
     WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING`` (the claim is on every
     job's path, so it is one statement, not a load and a flush)."""
+    connection = await session.connection()
     # A job whose worker died on its last allowed attempt fails instead of being retried
     # for ever (a job that keeps killing its worker must stop somewhere).
-    await session.exec(
-        update(Job)
-        .where(
-            col(Job.status) == JobStatus.running,
-            col(Job.lease_expires_at) < now,
-            col(Job.attempts) >= col(Job.max_attempts),
-        )
-        .values(
-            status=JobStatus.failed,
-            last_error=literal("worker lost during attempt ")
-            + cast(Job.attempts, String)
-            + literal(" of ")
-            + cast(Job.max_attempts, String),
-            lease_owner=None,
-            lease_expires_at=None,
-            updated_at=now,
-        )
-    )
-    due = or_(
-        (col(Job.status) == JobStatus.queued) & (col(Job.run_after) <= now),
-        (col(Job.status) == JobStatus.running) & (col(Job.lease_expires_at) < now),
-    )
-    chosen = (
-        select(Job.id)
-        .where(due)
-        .order_by(col(Job.run_after))
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
-    )
-    claimed = await session.exec(
-        update(Job)
-        .where(col(Job.id).in_(chosen))
-        .values(
-            status=JobStatus.running,
-            attempts=Job.attempts + 1,
-            lease_owner=worker_id,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
-            updated_at=now,
-        )
-        .returning(*JOB_TABLE.columns)
-        .execution_options(synchronize_session=False)
+    await connection.execute(_FAIL_LOST, {"b_now": now})
+    claimed = await connection.execute(
+        _CLAIM,
+        {
+            "b_now": now,
+            "b_limit": limit,
+            "b_owner": worker_id,
+            "b_expires": now + timedelta(seconds=lease_seconds),
+        },
     )
     return [Job.model_construct(**row._mapping) for row in claimed.all()]
 
@@ -155,35 +175,87 @@ async def extend_leases(
     )
 
 
+_FINISH_WHERE = (
+    (J_.id == bindparam("b_id"))
+    & (J_.lease_owner == bindparam("b_owner"))
+    & (J_.status == JobStatus.running)
+    & (J_.attempts == bindparam("b_attempts"))
+)
+
+
 async def _finish(
     session: AsyncSession, job: Job, *, worker_id: str, now: datetime, **values: Any
 ) -> bool:
+    # Core, on the connection: the worker ends every job through here.
     statement = (
-        update(Job)
-        .where(
-            col(Job.id) == job.id,
-            col(Job.lease_owner) == worker_id,
-            col(Job.status) == JobStatus.running,
-            col(Job.attempts) == job.attempts,
-        )
+        update(JOB_TABLE)
+        .where(_FINISH_WHERE)
         .values(updated_at=now, lease_owner=None, lease_expires_at=None, **values)
     )
+    keys = {"b_id": job.id, "b_owner": worker_id, "b_attempts": job.attempts}
+    connection = await session.connection()
     if values.get("status") != JobStatus.queued or job.queueing_lock is None:
-        result = await session.exec(statement)
+        result = await connection.execute(statement, keys)
         return bool(result.rowcount)
     # Back to the queue (retry, release): a copy queued while this one ran may hold the
     # queueing lock. Neither may be lost, so this job gives its lock up and both stay queued.
+    # (Through the session: its savepoint is only emitted for the session's own statements.)
+    # (Through the session, with the values in the statement: the session's savepoint is
+    # only emitted for its own statements.)
+    back = (
+        update(JOB_TABLE)
+        .where(
+            J_.id == job.id,
+            J_.lease_owner == worker_id,
+            J_.status == JobStatus.running,
+            J_.attempts == job.attempts,
+        )
+        .values(updated_at=now, lease_owner=None, lease_expires_at=None, **values)
+    )
     try:
         async with session.begin_nested():
-            result = await session.exec(statement)
+            result = await session.exec(back)
     except IntegrityError:
-        result = await session.exec(statement.values(queueing_lock=None))
+        result = await session.exec(back.values(queueing_lock=None))
     return bool(result.rowcount)
 
 
 async def mark_succeeded(session: AsyncSession, job: Job, *, worker_id: str, now: datetime) -> bool:
     return await _finish(
         session, job, worker_id=worker_id, now=now, status=JobStatus.succeeded, last_error=None
+    )
+
+
+_FINISH_MANY = (
+    update(JOB_TABLE)
+    .where(
+        JOB_TABLE.c.id == bindparam("b_id"),
+        JOB_TABLE.c.lease_owner == bindparam("b_owner"),
+        JOB_TABLE.c.status == JobStatus.running,
+        JOB_TABLE.c.attempts == bindparam("b_attempts"),
+    )
+    .values(
+        status=JobStatus.succeeded,
+        last_error=None,
+        lease_owner=None,
+        lease_expires_at=None,
+        updated_at=bindparam("b_now", type_=UtcDateTime()),
+    )
+)
+
+
+async def finish_many(session: AsyncSession, finished: list[Job], *, now: datetime) -> None:
+    """``finish`` for many jobs of one unit of work (a coalesced batch of handlers): one
+    prepared statement run for every job, each still checked against its own lease."""
+    if not finished:
+        return
+    connection = await session.connection()
+    await connection.execute(
+        _FINISH_MANY,
+        [
+            {"b_id": j.id, "b_owner": j.lease_owner or "", "b_attempts": j.attempts, "b_now": now}
+            for j in finished
+        ],
     )
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from app.jobs import service as jobs
 from app.jobs import wakeup
+from app.jobs.batching import coalescer
 from app.jobs.models import Job
 from app.jobs.registry import FINISHED, HANDLERS, PERIODIC, JobError
 from app.jobs.retry import GiveUp, decide
@@ -49,6 +50,8 @@ class Worker:
         self._in_flight: dict[str, Job] = {}
         self._wake = asyncio.Event()
         self._periodic_due: dict[str, float] = {}
+        self._batches: dict[str, Any] = {}
+        self.claim_batch = max(1, self.concurrency // 4)
 
     # --- one round -----------------------------------------------------------------------
 
@@ -97,14 +100,28 @@ class Worker:
             await self._failed(job, f"{type(exc).__name__}", permanent=False, retry_after=None)
         else:
             if outcome is not FINISHED:
-                async with self.ctx.session() as session:
-                    await jobs.mark_succeeded(
-                        session, job, worker_id=self.worker_id, now=self.ctx.clock.now()
-                    )
+                await self._succeeded(job)
             log.debug("jobs.succeeded", extra={"job_id": job.id, "kind": job.kind})
         finally:
             self._in_flight.pop(job.id, None)
             self._wake.set()
+
+    async def _succeeded(self, job: Job) -> None:
+        """Mark a job succeeded; the jobs that end in the same moment share one transaction
+        (e-mail deliveries, package assemblies... end in bursts)."""
+
+        async def many(done: list[Job]) -> list[None]:
+            async with self.ctx.session() as session:
+                await jobs.finish_many(session, done, now=self.ctx.clock.now())
+            return [None] * len(done)
+
+        async def one(done: Job) -> None:
+            async with self.ctx.session() as session:
+                await jobs.mark_succeeded(
+                    session, done, worker_id=self.worker_id, now=self.ctx.clock.now()
+                )
+
+        await coalescer(self._batches, "jobs.succeeded", many, one).submit(job)
 
     async def _failed(
         self, job: Job, error: str, *, permanent: bool, retry_after: float | None
@@ -215,7 +232,10 @@ class Worker:
 
     async def _claim_free_slots(self) -> list[Job]:
         free = self.concurrency - len(self._in_flight)
-        if free <= 0:
+        # While jobs run, claim once a quarter of the slots is free rather than each slot as
+        # it frees: jobs claimed together start together, so their handlers' transactions
+        # batch (``app.jobs.batching``); one by one, a busy worker's batches shrink to one.
+        if free <= 0 or (self._in_flight and free < self.claim_batch):
             return []
         async with self.ctx.session() as session:
             claimed = await jobs.claim_due_jobs(
