@@ -26,6 +26,11 @@ from tests.conftest import Service
 from tests.connectors.conftest import register
 from tests.fixtures.connectors import ConnectorFarm, answers
 
+# Worker processes beside the API, each with a connection pool: these tests run one after the
+# other on one xdist worker, so that two of them never share the machine or PostgreSQL's
+# connections at once.
+pytestmark = pytest.mark.xdist_group("worker-processes")
+
 REQUESTS = 100  # the kill test: "a fan-out of 100 requests"
 CONCURRENT_REQUESTS = 60  # x 3 connectors: enough overlap for two workers to collide
 LEASE_SECONDS = 2
