@@ -18,6 +18,7 @@ locked in id order, so two batches (two workers) cannot deadlock on each other.
 from __future__ import annotations
 
 import json
+import logging
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
 
 CJ: Table = ConnectorJob.__table__  # type: ignore[attr-defined]
 REQ: Table = DsrRequest.__table__  # type: ignore[attr-defined]
+log = logging.getLogger("dsr.connectors")
+
 MAX_BATCH = 64
 _NOW = bindparam("b_now", type_=UtcDateTime())
 
@@ -109,18 +112,21 @@ async def start(rt: Runtime, job: Job, cj_id: str) -> _Call | None:
     engine job is then finished)."""
     from app.connectors import dispatch
 
-    async def many(items: list[StartItem]) -> list[_Call | None]:
+    async def many(items: list[StartItem]) -> list[_Call | Exception | None]:
         return await _start_many(rt, items)
 
-    async def one(item: StartItem) -> _Call | None:
+    async def one(item: StartItem) -> _Call | Exception | None:
         return await dispatch._start_call(rt, *item)
 
-    return await coalescer(rt.extras, "connectors.start", many, one, max_batch=MAX_BATCH).submit(
-        (job, cj_id)
-    )
+    started = await coalescer(
+        rt.extras, "connectors.start", many, one, max_batch=MAX_BATCH
+    ).submit((job, cj_id))
+    if isinstance(started, Exception):
+        raise started  # this call's own failure after the batch committed
+    return started
 
 
-async def _start_many(rt: Runtime, items: list[StartItem]) -> list[_Call | None]:
+async def _start_many(rt: Runtime, items: list[StartItem]) -> list[_Call | Exception | None]:
     from app.connectors import dispatch
 
     now = rt.clock.now()
@@ -165,14 +171,21 @@ async def _start_many(rt: Runtime, items: list[StartItem]) -> list[_Call | None]
             await dispatch.not_callable(session, rt, req, row.id, connector, problem, now=now)
             finished.append(items[i][0])
         await jobs.finish_many(session, finished, now=now)
-    # Committed: the attempts are counted. Bodies and signatures are CPU work, done outside.
-    out: list[_Call | None] = [None] * len(items)
+    # Committed: the attempts are counted. Bodies and signatures are CPU work, done outside,
+    # each call on its own: a failure here is that call's (its handler fails it as before),
+    # never the batch's, whose item-by-item redo would count every attempt a second time.
+    out: list[_Call | Exception | None] = [None] * len(items)
     subjects: dict[str, dict[str, Any]] = {}
     for i, req, connector in to_call:
-        subject = subjects.get(req.id)
-        if subject is None:
-            subject = subjects[req.id] = rt.sealer.open_json(req.subject_sealed, context=req.id)
-        out[i] = dispatch.build_call(rt, req, items[i][1], connector, now=now, subject=subject)
+        try:
+            subject = subjects.get(req.id)
+            if subject is None:
+                subject = subjects[req.id] = rt.sealer.open_json(
+                    req.subject_sealed, context=req.id
+                )
+            out[i] = dispatch.build_call(rt, req, items[i][1], connector, now=now, subject=subject)
+        except Exception as exc:
+            out[i] = exc
     return out
 
 
@@ -253,9 +266,15 @@ async def _finish_many(rt: Runtime, items: list[FinishItem]) -> None:
         if marks:
             await connection.execute(_FINISH_MARK, marks)
         await jobs.finish_many(session, [item[0] for item in items], now=now)
-    results.delete(rt, late)
-    if touched:
-        await _settle_finished(rt, touched, now=now)
+    # Committed. Nothing below may fail the batch: its item-by-item redo would find these
+    # finishes done, take them for late answers and delete the files they just recorded. A
+    # settle missed here is queued by the sweep.
+    try:
+        results.delete(rt, late)
+        if touched:
+            await _settle_finished(rt, touched, now=now)
+    except Exception:
+        log.exception("connectors.after_finish_failed", extra={"requests": len(touched)})
 
 
 async def _settle_finished(rt: Runtime, request_ids: set[str], *, now: datetime) -> None:

@@ -58,7 +58,11 @@ class Coalescer(Generic[T, R]):
                 if len(results) != len(batch):
                     raise RuntimeError("a batch must give one result per item")
             except Exception:
-                log.warning("jobs.batch_failed", extra={"batch": self.name, "size": len(batch)})
+                log.warning(
+                    "jobs.batch_failed",
+                    extra={"batch": self.name, "size": len(batch)},
+                    exc_info=True,
+                )
                 await asyncio.gather(*(self._alone(item, future) for item, future in batch))
                 continue
             for (_, future), result in zip(batch, results, strict=True):

@@ -59,3 +59,59 @@ async def test_a_failing_batch_is_redone_call_by_call(
     assert keys == {j["id"] for j in view["jobs"]}
     actions = [e["action"] for e in view["events"]]
     assert actions.count("connector_job.succeeded") == 3
+
+
+async def test_a_failure_after_a_finishing_batch_committed_keeps_its_results(
+    service: Service, farm: ConnectorFarm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The finishes are committed when the settle step fails: redoing them call by call would
+    take them for late answers and delete the records they just stored."""
+
+    async def broken(*_: Any, **__: Any) -> None:
+        raise RuntimeError("database is locked")
+
+    monkeypatch.setattr(calls, "_settle_finished", broken)
+    for n in range(3):
+        await register(service, farm, f"system{n}", answers())
+    filed = await service.file_verified()
+    await drive(service, farm)
+
+    view = await detail(service, filed["id"])
+    assert {j["status"] for j in view["jobs"]} == {"succeeded"}
+    assert [j["attempts"] for j in view["jobs"]] == [1, 1, 1]
+    assert [j["data_files"] for j in view["jobs"]] == [1, 1, 1]
+    stored = list(service.settings.results_dir.glob("*.bin"))
+    assert len(stored) == 3, "every committed result keeps its file"
+    monkeypatch.undo()
+    service.clock.advance(minutes=10)
+    await service.run_periodic()  # the sweep queues the settle that was missed
+    await service.run_jobs()
+    assert (await detail(service, filed["id"]))["status"] == "completed"
+
+
+async def test_a_call_that_cannot_be_built_fails_alone(
+    service: Service, farm: ConnectorFarm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One call failing after the start batch committed is that call's failure: the others
+    in its batch are not started a second time."""
+    from app.connectors import dispatch
+
+    build = dispatch.build_call
+
+    def build_or_fail(rt: Any, req: Any, job: Any, connector: Any, **kwargs: Any) -> Any:
+        if connector.name == "system0":
+            raise RuntimeError("its secret does not open")
+        return build(rt, req, job, connector, **kwargs)
+
+    monkeypatch.setattr(dispatch, "build_call", build_or_fail)
+    for n in range(3):
+        await register(service, farm, f"system{n}", answers())
+    filed = await service.file_verified()
+    await service.run_jobs()
+    await farm.settled()
+
+    jobs = {j["connector_name"]: j for j in (await detail(service, filed["id"]))["jobs"]}
+    assert jobs["system1"]["status"] == jobs["system2"]["status"] == "succeeded"
+    assert jobs["system1"]["attempts"] == jobs["system2"]["attempts"] == 1
+    assert {c.system for c in farm.calls} == {"system1", "system2"}
+    assert len(farm.calls) == 2, "no call made twice"
