@@ -465,13 +465,19 @@ async def expire_packages(ctx: JobContext, job: Job) -> None:
         rows = await session.exec(
             select(ExportPackage)
             .where(
-                col(ExportPackage.status) == PackageStatus.ready,
+                # A package whose rebuild failed for good stays "rebuilding": its old file
+                # must go at its end date all the same.
+                col(ExportPackage.status).in_([PackageStatus.ready, PackageStatus.rebuilding]),
                 col(ExportPackage.expires_at) <= now,
             )
             .limit(200)
             .with_for_update(skip_locked=True)
         )
         for package in rows.all():
+            if package.status == PackageStatus.rebuilding and await assembly_pending(
+                session, package.request_id
+            ):
+                continue  # its rebuild replaces it
             _delete_file(ctx, package)
             if grace == 0:
                 pairs = await connectors.jobs_for_request(session, package.request_id)

@@ -104,7 +104,9 @@ async def rerun(
         request_id=req.id,
         details={
             "run": run + 1,
-            "reason": reason,
+            # The chain is append-only: free text (which may name people) stays out of it;
+            # the reason is kept with the run's history.
+            "reason_given": bool(reason),
             "previous_jobs": [cj.id for cj, _ in pairs],
             "previous_package_id": package and package.id,
         },

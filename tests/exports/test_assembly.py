@@ -87,7 +87,8 @@ def test_numbers_and_text_are_kept_exactly_as_sent(tmp_path: Path) -> None:
     lines = [
         json.dumps({"category": "a", "record": {"big": big, "name": "Ána"}}),  # \u-escaped in
         '{"category": "a", "record": {"n": NaN, "i": -Infinity}}',
-        '{"category": "a", "record": {"f": 0.1, "e": 1e300, "neg": -9223372036854775808}}',
+        '{"category": "a", "record": {"f": 0.1, "e": 1e300, "neg": -9223372036854775808, '
+        '"below": -9223372036854775809}}',
         "not json at all",
         '["a", "bare", "list"]',
         "",
@@ -102,12 +103,18 @@ def test_numbers_and_text_are_kept_exactly_as_sent(tmp_path: Path) -> None:
     assert type(data["a"][0]["big"]) is int
     assert str(data["a"][1]["n"]) == "nan"
     assert data["a"][1]["i"] == float("-inf")
-    assert data["a"][2] == {"f": 0.1, "e": 1e300, "neg": -9223372036854775808}
+    assert data["a"][2] == {
+        "f": 0.1,
+        "e": 1e300,
+        "neg": -9223372036854775808,
+        "below": -9223372036854775809,  # orjson would read it as a float
+    }
     assert data["records"] == [["a", "bare", "list"], "text"]
     assert manifest["systems"][0]["unreadable_lines"] == 1
-    header, first, *_ = _csv(archive, "data/shop/a.csv")
+    header, first, _, third, *_ = _csv(archive, "data/shop/a.csv")
     assert header[:2] == ["big", "name"]
     assert first[:2] == [str(big), "Ána"]
+    assert third[header.index("below")] == "-9223372036854775809"
 
 
 @pytest.mark.parametrize("piece", [1, 64 * 1024])

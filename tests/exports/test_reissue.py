@@ -177,3 +177,29 @@ async def test_a_rebuild_whose_results_went_meanwhile_is_abandoned(
     assert view["events"][-1]["action"] != "export.ready"
     problem(await _download(service, filed), 410)
     assert "/rerun" in problem(await _rebuild(service, filed["id"]), 409)["detail"]
+
+
+@pytest.mark.parametrize("settings_overrides", [{**FAST, "export_results_grace_days": 7}])
+async def test_a_rebuild_that_failed_for_good_still_expires_at_its_end_date(
+    service: Service, farm: ConnectorFarm, problem
+) -> None:
+    """The old package's file must not outlive its retention because its rebuild failed."""
+    from sqlalchemy import update
+
+    from app.jobs.models import Job, JobStatus
+
+    filed = await _answered(service, farm)
+    assert (await _rebuild(service, filed["id"])).status_code == 200
+    async with service.runtime.session() as session:  # the assembly failed for good
+        await session.exec(
+            update(Job)
+            .where(Job.kind == exports.ASSEMBLE_KIND, Job.request_id == filed["id"])
+            .values(status=JobStatus.failed)
+        )
+    packages = service.settings.data_dir / "exports"
+    assert len(list(packages.glob("*.enc"))) == 1
+    service.clock.advance(days=service.settings.export_ttl_days, seconds=1)
+    await service.run_periodic()
+
+    assert not list(packages.glob("*.enc")), "the file went at its end date"
+    problem(await _download(service, filed), 410)
