@@ -101,10 +101,13 @@ async def assembly_pending(session: AsyncSession, request_id: str) -> bool:
     return found.first() is not None
 
 
-async def package_for(session: AsyncSession, request_id: str) -> ExportPackage | None:
-    return (
-        await session.exec(select(ExportPackage).where(col(ExportPackage.request_id) == request_id))
-    ).first()
+async def package_for(
+    session: AsyncSession, request_id: str, *, lock: bool = False
+) -> ExportPackage | None:
+    query = select(ExportPackage).where(col(ExportPackage.request_id) == request_id)
+    if lock:
+        query = query.with_for_update()
+    return (await session.exec(query)).first()
 
 
 def view(package: ExportPackage | None) -> dict[str, Any] | None:
@@ -238,6 +241,10 @@ async def assemble(ctx: JobContext, job: Job) -> object:
     try:
         async with ctx.session() as session:
             locked = await requests.lock(session, request_id)
+            # The package row too: the grace sweep deletes results under that lock, and a
+            # rebuild must not build from results it is deleting (PostgreSQL; SQLite has one
+            # writer at a time).
+            await package_for(session, request_id, lock=True)
             still, again = await _wanted(session, locked)
             if locked is None or not still or again != rebuild:
                 path.unlink(missing_ok=True)
@@ -245,7 +252,9 @@ async def assemble(ctx: JobContext, job: Job) -> object:
                 return FINISHED
             previous = await package_for(session, request_id)
             if previous is not None:
-                _delete_file(ctx, previous)
+                after_commit(
+                    session, f"exports.replaced.{previous.id}", partial(_delete_file, ctx, previous)
+                )
                 await session.delete(previous)
                 await session.flush()
             session.add(
