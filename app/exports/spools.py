@@ -114,6 +114,11 @@ class Spool:
         self.json.close()
         self.csv.close()
 
+    def __getstate__(self) -> dict[str, Any]:
+        """A closed spool as the ZIP writer reads it (sent back from a worker process):
+        its files' paths and key, counts, columns and preview, no open writer."""
+        return {name: self.__dict__[name] for name in _CLOSED_STATE}
+
     def json_chunks(self) -> Iterator[bytes]:
         return iter_decrypted(self.json_path, wrapping_key=self.key, context=self.json_path.name)
 
@@ -125,6 +130,19 @@ class Spool:
     def delete(self) -> None:
         for path in (self.json_path, self.csv_path):
             path.unlink(missing_ok=True)
+
+
+_CLOSED_STATE = (
+    "key",
+    "json_path",
+    "csv_path",
+    "count",
+    "column_list",
+    "preview",
+    "csv_bytes",
+    "complete_from",
+    "complete_offset",
+)
 
 
 class _Discard:
