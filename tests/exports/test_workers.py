@@ -6,13 +6,16 @@ from __future__ import annotations
 import io
 import json
 import multiprocessing
+import pickle
 import zipfile
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from app.connectors import results
 from app.exports import workers
 from app.exports.assembly import SourceFile, SystemInput, build_package
 from app.exports.signing import PackageSigner
@@ -134,3 +137,19 @@ def test_a_failing_result_in_a_worker_is_the_error_raised_and_leaves_nothing(
         )
     assert [p.name for p in tmp_path.iterdir()] == ["results"]
     assert not multiprocessing.active_children()
+
+
+def test_a_stored_result_is_read_by_path_key_and_context_only(tmp_path: Path) -> None:
+    rt: Any = SimpleNamespace(
+        settings=SimpleNamespace(results_dir=tmp_path), sealer=SimpleNamespace(file_key=KEY)
+    )
+    name, temporary, writer = results.new_writer(rt, "cj_1", suffix="upload")
+    writer.write(b'{"n": 1}\n')
+    writer.close()
+    results.publish(rt, temporary, name)
+    reader = pickle.loads(pickle.dumps(results.reader(rt, "cj_1", name)))  # no runtime inside
+    assert b"".join(reader()) == b'{"n": 1}\n'
+    assert b"".join(results.read_chunks(rt, "cj_1", name)) == b'{"n": 1}\n'
+    other = pickle.loads(pickle.dumps(results.reader(rt, "cj_2", name)))
+    with pytest.raises(StreamIntegrityError):  # bound to its job: the context is checked
+        b"".join(other())
