@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from app.connectors import results
-from app.exports import workers
+from app.exports import assembly, workers
 from app.exports.assembly import SourceFile, SystemInput, build_package
 from app.exports.signing import PackageSigner
 from app.kit.streams import EncryptedWriter, StreamIntegrityError, iter_decrypted
@@ -153,3 +153,25 @@ def test_a_stored_result_is_read_by_path_key_and_context_only(tmp_path: Path) ->
     other = pickle.loads(pickle.dumps(results.reader(rt, "cj_2", name)))
     with pytest.raises(StreamIntegrityError):  # bound to its job: the context is checked
         b"".join(other())
+
+
+def test_a_failure_while_writing_stops_the_workers_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(workers, "MIN_BYTES", 0)
+
+    def full_disk(*args: Any) -> Any:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(assembly, "_write_system", full_disk)  # the first system, in the parent
+    with pytest.raises(OSError, match="No space left"):
+        build_package(
+            tmp_path / "package.enc",
+            wrapping_key=KEY,
+            context="test",
+            signer=PackageSigner(bytes(32)),
+            request={"id": "req_1"},
+            systems=_systems(tmp_path),
+        )
+    assert [p.name for p in tmp_path.iterdir()] == ["results"]
+    assert not multiprocessing.active_children()
