@@ -18,6 +18,7 @@ them.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import pickle
 from collections import deque
 from collections.abc import Iterator
@@ -40,9 +41,12 @@ _stop: Any = None  # in a worker: the build's stop event
 
 
 def worth_it(systems: list[SystemInput]) -> bool:
-    """Whether to spool ``systems`` in processes: more than one system, enough data, and
-    sources that can be sent to a process (a reader by path and key, not a closure)."""
-    if len(systems) < 2 or sum(s.size for x in systems for s in x.sources) < MIN_BYTES:
+    """Whether to spool ``systems`` in processes: a second core, more than one system,
+    enough data, and sources that can be sent to a process (a reader by path and key, not
+    a closure)."""
+    if (os.cpu_count() or 1) < 2 or len(systems) < 2:
+        return False
+    if sum(s.size for x in systems for s in x.sources) < MIN_BYTES:
         return False
     try:
         pickle.dumps([x.sources for x in systems])

@@ -113,6 +113,11 @@ def test_a_closure_or_a_single_system_stays_in_the_thread(
     monkeypatch.setattr(workers, "MIN_BYTES", 0)
     systems = _systems(tmp_path)
     assert not workers.worth_it(systems[:1])
+    assert workers.worth_it(systems)
+    monkeypatch.setattr(workers.os, "cpu_count", lambda: 1)
+    assert not workers.worth_it(systems)  # one core: processes would only add their cost
+    monkeypatch.undo()
+    monkeypatch.setattr(workers, "MIN_BYTES", 0)
     systems[1].sources.append(SourceFile(format="json", size=2, chunks=lambda: iter([b"{}"])))
     assert not workers.worth_it(systems)
 
