@@ -41,6 +41,7 @@ from app.exports.flatten import cell, cells
 from app.exports.signing import PackageSigner
 from app.exports.spools import (
     ROWS_AT,
+    SourceFile,
     Spool,
     Spooler,
     SystemSpools,
@@ -49,15 +50,7 @@ from app.exports.spools import (
 from app.kit.streams import EncryptedWriter
 
 MANIFEST_FORMAT = "dsr-export/1"
-
-
-@dataclass
-class SourceFile:
-    """One stored result file of a system, readable chunk by chunk."""
-
-    format: str  # json | ndjson
-    size: int
-    chunks: Any  # a callable returning an iterator of plaintext chunks
+__all__ = ["BuiltPackage", "SourceFile", "SystemInput", "build_package", "slug"]
 
 
 @dataclass

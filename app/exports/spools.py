@@ -17,6 +17,7 @@ import queue
 import secrets
 import threading
 from collections.abc import Generator, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -28,12 +29,22 @@ from app.exports.flatten import cells
 from app.kit.streams import EncryptedWriter, iter_decrypted
 
 if TYPE_CHECKING:
-    from app.exports.assembly import SourceFile, SystemInput
+    from app.exports.assembly import SystemInput
 
 JSON_IN_MEMORY_LIMIT = 64 * 1024 * 1024
 FLUSH_AT = 256 * 1024
 ROWS_AT = 512  # CSV rows formatted at once (writerows)
 PREVIEW_ROWS = 100  # records per category shown in report.html (all are in the files)
+
+
+@dataclass
+class SourceFile:
+    """One stored result file of a system, readable chunk by chunk. Defined here, not in
+    ``assembly``, so that a worker process unpickling one imports only the spooling code."""
+
+    format: str  # json | ndjson
+    size: int
+    chunks: Any  # a callable returning an iterator of plaintext chunks
 
 
 def _scratch(path: Path, key: bytes) -> EncryptedWriter:

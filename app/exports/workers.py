@@ -27,15 +27,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from app.exports.spools import SystemSpools
+from app.exports.spools import SourceFile, SystemSpools
 
 if TYPE_CHECKING:
-    from app.exports.assembly import SourceFile, SystemInput
+    from app.exports.assembly import SystemInput
 
 WORKERS = 2
 # Below this many bytes of results a build is spooled in a thread: starting the workers
-# (about 0.2 s of a core each) would cost more than they save.
-MIN_BYTES = 8 * 1024 * 1024
+# (0.3-0.5 s of a core each, most of it imports) would cost about what they save (a
+# thread spools about 8 MB per CPU-second).
+MIN_BYTES = 32 * 1024 * 1024
 
 _stop: Any = None  # in a worker: the build's stop event
 
