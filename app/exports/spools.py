@@ -4,7 +4,9 @@ Assembly makes two passes: records are read from the stored results, parsed, fla
 spooled by category (``Spool``), then each spool is copied into the package. The first pass
 is Python work on every record; the second is mostly compression, hashing and encryption,
 which release the GIL. ``Spooler`` runs the first pass of the next system in a thread while
-the caller writes the previous one into the ZIP, so the two use both cores. At most three
+the caller writes the previous one into the ZIP; the record work still holds the GIL, so
+builds big enough are spooled in worker processes instead (``app.exports.workers``, the
+same ``SystemSpools``, pickled back without their open writers). At most three
 systems' spools exist at a time (one being written, one waiting, one being spooled); all of
 them are files on disk, so memory stays bounded whatever the results' sizes.
 """
