@@ -12,6 +12,8 @@ import contextlib
 import json
 import os
 import secrets
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +60,17 @@ def store_data(rt: Runtime, job_id: str, data: dict[str, Any]) -> dict[str, Any]
 
 def read_chunks(rt: Runtime, job_id: str, name: str) -> Any:
     """The decrypted bytes of a stored file, chunk by chunk."""
-    return iter_decrypted(
-        _dir(rt) / name, wrapping_key=rt.sealer.file_key, context=_context(job_id, name)
+    return reader(rt, job_id, name)()
+
+
+def reader(rt: Runtime, job_id: str, name: str) -> partial[Iterator[bytes]]:
+    """``read_chunks`` for later, by path, key and context only (not the runtime): it can
+    be pickled, so the export assembly reads the file in a worker process."""
+    return partial(
+        iter_decrypted,
+        _dir(rt) / name,
+        wrapping_key=rt.sealer.file_key,
+        context=_context(job_id, name),
     )
 
 

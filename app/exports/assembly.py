@@ -3,7 +3,8 @@
 For each system, its stored results (inline ``data``, JSON and NDJSON uploads) are read back
 chunk by chunk and spooled one record per line into per-category files (encrypted with a
 key that lives only in memory for the build), by ``app.exports.spools`` in a thread that
-works on the next system while this module writes the previous one. From the spools come
+works on the next system while this module writes the previous one, or, for builds big
+enough, by ``app.exports.workers`` in two worker processes. From the spools come
 ``data/<system>.json`` (one record per line, UTF-8, not ``\\u``-escaped) and
 ``data/<system>/<category>.csv`` (nested values in dotted columns). Then ``report.html``,
 ``manifest.json`` (every file with its size and SHA-256) and ``manifest.jws`` (its detached
@@ -35,11 +36,12 @@ from pathlib import Path
 from typing import Any
 
 from app import __version__
-from app.exports import jsonio
+from app.exports import jsonio, workers
 from app.exports.flatten import cell, cells
 from app.exports.signing import PackageSigner
 from app.exports.spools import (
     ROWS_AT,
+    SourceFile,
     Spool,
     Spooler,
     SystemSpools,
@@ -48,15 +50,7 @@ from app.exports.spools import (
 from app.kit.streams import EncryptedWriter
 
 MANIFEST_FORMAT = "dsr-export/1"
-
-
-@dataclass
-class SourceFile:
-    """One stored result file of a system, readable chunk by chunk."""
-
-    format: str  # json | ndjson
-    size: int
-    chunks: Any  # a callable returning an iterator of plaintext chunks
+__all__ = ["BuiltPackage", "SourceFile", "SystemInput", "build_package", "slug"]
 
 
 @dataclass
@@ -157,7 +151,8 @@ def build_package(
         # the error that failed it.
         zf = zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1)
         taken: set[str] = set()
-        with Spooler(systems, work, spool_key) as spooled:
+        spooler = workers.ProcessSpooler if workers.worth_it(systems) else Spooler
+        with spooler(systems, work, spool_key) as spooled:
             for system, spools in zip(systems, spooled, strict=True):
                 entry, written = _write_system(zf, system, spools, slug(system.name, taken))
                 described.append(entry)

@@ -19,7 +19,6 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from datetime import datetime, timedelta
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +133,7 @@ def _sources(rt: Runtime, job_id: str, files: list[dict[str, Any]]) -> list[Sour
         SourceFile(
             format=entry["format"],
             size=entry["bytes"],
-            chunks=partial(results.read_chunks, rt, job_id, entry["file"]),
+            chunks=results.reader(rt, job_id, entry["file"]),
         )
         for entry in files
     ]

@@ -4,7 +4,9 @@ Assembly makes two passes: records are read from the stored results, parsed, fla
 spooled by category (``Spool``), then each spool is copied into the package. The first pass
 is Python work on every record; the second is mostly compression, hashing and encryption,
 which release the GIL. ``Spooler`` runs the first pass of the next system in a thread while
-the caller writes the previous one into the ZIP, so the two use both cores. At most three
+the caller writes the previous one into the ZIP; the record work still holds the GIL, so
+builds big enough are spooled in worker processes instead (``app.exports.workers``, the
+same ``SystemSpools``, pickled back without their open writers). At most three
 systems' spools exist at a time (one being written, one waiting, one being spooled); all of
 them are files on disk, so memory stays bounded whatever the results' sizes.
 """
@@ -17,6 +19,7 @@ import queue
 import secrets
 import threading
 from collections.abc import Generator, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -28,12 +31,22 @@ from app.exports.flatten import cells
 from app.kit.streams import EncryptedWriter, iter_decrypted
 
 if TYPE_CHECKING:
-    from app.exports.assembly import SourceFile, SystemInput
+    from app.exports.assembly import SystemInput
 
 JSON_IN_MEMORY_LIMIT = 64 * 1024 * 1024
 FLUSH_AT = 256 * 1024
 ROWS_AT = 512  # CSV rows formatted at once (writerows)
 PREVIEW_ROWS = 100  # records per category shown in report.html (all are in the files)
+
+
+@dataclass
+class SourceFile:
+    """One stored result file of a system, readable chunk by chunk. Defined here, not in
+    ``assembly``, so that a worker process unpickling one imports only the spooling code."""
+
+    format: str  # json | ndjson
+    size: int
+    chunks: Any  # a callable returning an iterator of plaintext chunks
 
 
 def _scratch(path: Path, key: bytes) -> EncryptedWriter:
@@ -114,6 +127,11 @@ class Spool:
         self.json.close()
         self.csv.close()
 
+    def __getstate__(self) -> dict[str, Any]:
+        """A closed spool as the ZIP writer reads it (sent back from a worker process):
+        its files' paths and key, counts, columns and preview, no open writer."""
+        return {name: self.__dict__[name] for name in _CLOSED_STATE}
+
     def json_chunks(self) -> Iterator[bytes]:
         return iter_decrypted(self.json_path, wrapping_key=self.key, context=self.json_path.name)
 
@@ -125,6 +143,19 @@ class Spool:
     def delete(self) -> None:
         for path in (self.json_path, self.csv_path):
             path.unlink(missing_ok=True)
+
+
+_CLOSED_STATE = (
+    "key",
+    "json_path",
+    "csv_path",
+    "count",
+    "column_list",
+    "preview",
+    "csv_bytes",
+    "complete_from",
+    "complete_offset",
+)
 
 
 class _Discard:
