@@ -19,6 +19,7 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
