@@ -45,15 +45,15 @@ async def enqueue(
     names something created in this very transaction, so no other job can hold it: the job
     is then written with the unit of work's batched inserts."""
     job = Job(
-        id=new_id("job"),
-        kind=kind,
-        payload=json.dumps(payload, separators=(",", ":")),
-        queueing_lock=queueing_lock,
-        request_id=request_id,
-        run_after=run_after or now,
-        max_attempts=max_attempts,
-        created_at=now,
-        updated_at=now,
+        **job_row(
+            kind,
+            payload,
+            now=now,
+            run_after=run_after,
+            request_id=request_id,
+            queueing_lock=queueing_lock,
+            max_attempts=max_attempts,
+        )
     )
     if queueing_lock is None or fresh_lock:
         session.add(job)
@@ -61,6 +61,37 @@ async def enqueue(
         return None
     wakeup.on_enqueue(session)
     return job
+
+
+def job_row(
+    kind: str,
+    payload: dict[str, Any],
+    *,
+    now: datetime,
+    run_after: datetime | None = None,
+    request_id: str | None = None,
+    queueing_lock: str | None = None,
+    max_attempts: int = 10,
+) -> dict[str, Any]:
+    """Every column of a newly queued job: what ``enqueue`` writes, and what a caller that
+    writes its rows in one statement (intake) inserts itself. Such a caller wakes the
+    workers on commit (``app.jobs.wakeup``)."""
+    return {
+        "id": new_id("job"),
+        "kind": kind,
+        "status": JobStatus.queued,
+        "payload": json.dumps(payload, separators=(",", ":")),
+        "queueing_lock": queueing_lock,
+        "request_id": request_id,
+        "run_after": run_after or now,
+        "attempts": 0,
+        "max_attempts": max_attempts,
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "last_error": None,
+        "created_at": now,
+        "updated_at": now,
+    }
 
 
 async def _insert_unless_locked(session: AsyncSession, job: Job) -> bool:

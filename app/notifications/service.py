@@ -8,7 +8,6 @@ deliveries are retried with backoff for hours; the content is dropped once deliv
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from datetime import datetime
@@ -20,7 +19,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.config import Settings
 from app.jobs import service as jobs
-from app.jobs.models import Job, JobStatus
+from app.jobs.models import Job
 from app.jobs.registry import JobError, handler
 from app.jobs.service import JOB_TABLE
 from app.jobs.worker import JobContext, payload_of
@@ -117,8 +116,8 @@ def mail_rows(
     request_id: str | None = None,
 ) -> list[tuple[Table, dict[str, Any]]]:
     """What ``queue_mail`` writes, as rows for a caller that writes its rows in one statement
-    (intake): the outbox message and its delivery job, queued as ``jobs.enqueue`` queues a job
-    without a queueing lock. The caller wakes the workers (``app.jobs.wakeup``) on commit."""
+    (intake): the outbox message and its delivery job (``jobs.job_row``). The caller wakes the
+    workers (``app.jobs.wakeup``) on commit."""
     message = _message_values(
         settings=settings,
         sealer=sealer,
@@ -129,22 +128,13 @@ def mail_rows(
         context=context,
         request_id=request_id,
     )
-    job = {
-        "id": new_id("job"),
-        "kind": DELIVER_KIND,
-        "status": JobStatus.queued.value,
-        "payload": json.dumps({"message_id": message["id"]}, separators=(",", ":")),
-        "queueing_lock": None,
-        "request_id": request_id,
-        "run_after": now,
-        "attempts": 0,
-        "max_attempts": DELIVERY_ATTEMPTS,
-        "lease_owner": None,
-        "lease_expires_at": None,
-        "last_error": None,
-        "created_at": now,
-        "updated_at": now,
-    }
+    job = jobs.job_row(
+        DELIVER_KIND,
+        {"message_id": message["id"]},
+        now=now,
+        request_id=request_id,
+        max_attempts=DELIVERY_ATTEMPTS,
+    )
     return [(OUTBOX_TABLE, message), (JOB_TABLE, job)]
 
 

@@ -8,7 +8,7 @@ import functools
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -612,3 +612,12 @@ async def test_a_job_that_keeps_killing_its_worker_fails_at_max_attempts(service
         stored = await session.get(Job, job.id)
         assert stored.status == JobStatus.failed
         assert "worker lost" in stored.last_error
+
+
+def test_a_job_row_names_every_column_of_the_job_table() -> None:
+    """Intake inserts ``job_row`` itself: a column it left out would be written as NULL."""
+    from app.jobs.service import JOB_TABLE, job_row
+
+    row = job_row("mail.deliver", {"message_id": "msg_1"}, now=datetime.now(UTC))
+
+    assert set(row) == {column.name for column in JOB_TABLE.columns}
