@@ -40,8 +40,8 @@ class Settings(BaseSettings):
 
     env: Literal["development", "test", "production"] = "development"
     database_url: str = "sqlite:///./dsr.db"
-    # PostgreSQL connections per process: keep (processes x (pool + overflow)) under the
-    # server's max_connections.
+    # PostgreSQL connections per process for the API (a worker adds its own share, see
+    # ``runtime.build_runtime``): keep the sum over all processes under max_connections.
     db_pool_size: int = Field(20, ge=1)
     db_max_overflow: int = Field(10, ge=0)
     public_url: str = "http://127.0.0.1:8000"

@@ -136,7 +136,12 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = build_runtime(settings, clock=clock)
+        runtime = build_runtime(
+            settings,
+            clock=clock,
+            role="dsr serve",
+            worker_concurrency=settings.worker_concurrency if with_worker else 0,
+        )
         app.state.runtime = runtime
         app.state.settings = settings
         app.state.http = runtime.http

@@ -16,6 +16,7 @@ from app.config import Settings, decode_key
 from app.db import create_engine, read_session_factory, session_factory, session_scope
 from app.kit.clock import Clock
 from app.kit.crypto import Sealer
+from app.kit.http import shared_client
 
 
 @dataclass
@@ -40,23 +41,42 @@ class Runtime:
         await self.engine.dispose()
 
 
-def build_runtime(settings: Settings, *, clock: Clock | None = None) -> Runtime:
-    pool = {}
+# Connections a worker uses beside its jobs: the claim, the heartbeat and a batch's commit
+# (the LISTEN connection is its own, outside the pool).
+WORKER_OWN_CONNECTIONS = 3
+
+
+def build_runtime(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    role: str = "dsr",
+    worker_concurrency: int = 0,
+) -> Runtime:
+    """``role`` names the process to the database (PostgreSQL's ``application_name``), so
+    ``pg_stat_activity`` shows which process holds which connection.
+
+    A process that runs a worker of ``worker_concurrency`` jobs gets that many pooled
+    connections more (plus the worker's own): every job may hold one at once, and a pool
+    smaller than its busiest moment closes each overflow connection when it is returned and
+    opens a new one for the next job, which costs PostgreSQL a backend and the worker a
+    handshake per job. Connections are opened on demand, so an idle worker holds few."""
+    options: dict[str, Any] = {}
     if not settings.database_url.startswith("sqlite"):
-        pool = {"pool_size": settings.db_pool_size, "max_overflow": settings.db_max_overflow}
-    engine = create_engine(settings.database_url, **pool)
+        worker_share = worker_concurrency + WORKER_OWN_CONNECTIONS if worker_concurrency else 0
+        options = {
+            "pool_size": settings.db_pool_size + worker_share,
+            "max_overflow": settings.db_max_overflow,
+            "connect_args": {"server_settings": {"application_name": role}},
+        }
+    engine = create_engine(settings.database_url, **options)
     return Runtime(
         settings=settings,
         clock=clock or Clock(),
         engine=engine,
         sessions=session_factory(engine),
         read_sessions=read_session_factory(engine),
-        http=httpx.AsyncClient(
-            timeout=httpx.Timeout(10.0),
-            follow_redirects=False,
-            # Connector calls run concurrently (per-connector limits apply on top).
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=128),
-            trust_env=False,
-        ),
+        # Connector calls run concurrently (per-connector limits apply on top).
+        http=shared_client(timeout=10.0, max_connections=256),
         sealer=Sealer(decode_key(settings.encryption_key)),
     )
