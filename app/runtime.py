@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.orm import configure_mappers
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.config import Settings, decode_key
@@ -17,6 +18,7 @@ from app.db import create_engine, read_session_factory, session_factory, session
 from app.kit.clock import Clock
 from app.kit.crypto import Sealer
 from app.kit.http import shared_client
+from app.models import import_all_models
 
 
 @dataclass
@@ -61,6 +63,11 @@ def build_runtime(
     smaller than its busiest moment closes each overflow connection when it is returned and
     opens a new one for the next job, which costs PostgreSQL a backend and the worker a
     handshake per job. Connections are opened on demand, so an idle worker holds few."""
+    # Every mapped class configured up front: the engine turns claimed rows into ``Job``s
+    # with ``model_construct``, which needs configured attributes (an ORM query or a model's
+    # constructor would configure them, but a worker's first claim may come before either).
+    import_all_models()
+    configure_mappers()
     options: dict[str, Any] = {}
     if not settings.database_url.startswith("sqlite"):
         worker_share = worker_concurrency + WORKER_OWN_CONNECTIONS if worker_concurrency else 0

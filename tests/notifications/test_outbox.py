@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import text
 
 from app.jobs.models import JobStatus
+from app.jobs.worker import Worker
 from app.kit.clock import utc
 from app.notifications.models import OutboxStatus
 from app.notifications.service import DELIVER_KIND
@@ -84,6 +85,26 @@ async def test_filing_queues_one_sealed_verification_mail(service: Service) -> N
     assert sent["status"] == OutboxStatus.sent
     assert sent["sealed"] is None
     assert await verify(service, filed, code) == 200
+
+
+async def test_a_burst_of_deliveries_shares_its_reads_and_its_commit(service: Service) -> None:
+    filed = [
+        await service.file({"type": "access", "subject": {"email": f"s{i}@example.org"}})
+        for i in range(8)
+    ]
+    assert await Worker(service.runtime, concurrency=8).drain() == 8
+
+    assert {m["To"] for m in service.mails()} == {f"s{i}@example.org" for i in range(8)}
+    rows = await outbox_rows(service)
+    assert [(r["status"], r["sealed"], r["attempts"]) for r in rows] == [
+        (OutboxStatus.sent, None, 1)
+    ] * 8
+    assert {r["request_id"] for r in rows} == {f["id"] for f in filed}
+    assert [j["status"] for j in await delivery_jobs(service)] == [JobStatus.succeeded] * 8
+    # Eight handlers ran side by side: fewer reads and commits than mails.
+    for name in ("notifications.read", "notifications.sent"):
+        _, batches = service.runtime.extras[f"coalescer:{name}"]
+        assert 1 <= batches.batches < 8
 
 
 class TestDeliveryOverSmtp:

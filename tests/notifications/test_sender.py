@@ -117,6 +117,32 @@ async def test_eml_file_written_and_parseable(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
+async def test_non_ascii_headers_are_encoded_and_read_back(tmp_path: Path) -> None:
+    subject = "Votre demande req_01abc : accusé de réception, délais et voies de recours " * 2
+    sender = "Équipe « vie privée » <privacy@dsr.example>"
+    await deliver(outgoing(subject=subject), smtp_url="", mail_dir=tmp_path, mail_from=sender)
+    raw = (tmp_path / "out_01abc.eml").read_bytes()
+    assert raw.isascii()
+    assert all(len(line) <= 78 for line in raw.split(b"\n"))  # folded (RFC 5322)
+    message = parse(raw)
+    assert message["Subject"] == subject
+    assert message["From"].addresses[0].display_name == "Équipe « vie privée »"
+    assert message["From"].addresses[0].addr_spec == "privacy@dsr.example"
+    assert message.get_content() == BODY
+
+
+@pytest.mark.anyio
+async def test_an_address_that_is_not_ascii_is_refused_for_good(tmp_path: Path) -> None:
+    with pytest.raises(DeliveryError) as info:
+        await deliver(
+            outgoing(to="anaïs@example.org"), smtp_url="", mail_dir=tmp_path, mail_from=MAIL_FROM
+        )
+    assert info.value.permanent
+    assert "anaïs" not in str(info.value)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.anyio
 async def test_eml_redelivery_overwrites_the_same_file(tmp_path: Path) -> None:
     await deliver(outgoing(), smtp_url="", mail_dir=tmp_path, mail_from=MAIL_FROM)
     await deliver(
