@@ -78,8 +78,8 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     # Enough pooled connections for a busy process: overflow connections are closed when
     # returned, and opening one costs more than most requests. No pre-ping (a round trip per
     # request); stale connections are recycled instead.
-    kwargs.setdefault("pool_size", 20)
-    kwargs.setdefault("max_overflow", 10)
+    kwargs.setdefault("pool_size", 32)
+    kwargs.setdefault("max_overflow", 8)
     kwargs.setdefault("pool_recycle", 1800)
     return create_async_engine(target, **kwargs)
 

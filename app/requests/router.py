@@ -56,9 +56,11 @@ async def file_request(
         )
         await session.flush()
     except IntegrityError:
+        if idempotency_key is None:
+            raise  # not a race on a key: a fault, answered as one (500)
         # The same key raced us to the first answer: answer what it answered.
         await session.rollback()
-        replay = idempotency_key and await service.replay_idempotent(
+        replay = await service.replay_idempotent(
             session, rt=rt, key=idempotency_key, body=body, now=now
         )
         if not replay:

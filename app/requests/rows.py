@@ -28,6 +28,8 @@ from sqlalchemy import Column, Table, bindparam, insert, text
 from sqlalchemy.sql.elements import TextClause
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.db import BEFORE_COMMIT
+
 Row = tuple[Table, dict[str, Any]]
 
 JOBS_CHANNEL = "dsr_jobs"  # app.jobs.wakeup.CHANNEL, spelt here as a literal of the SQL
@@ -99,14 +101,26 @@ async def write_batch(session: AsyncSession) -> None:
     kept.clear()
 
 
-async def insert_rows(session: AsyncSession, rows: Sequence[Row], *, notify_jobs: bool) -> None:
+async def insert_rows(
+    session: AsyncSession, rows: Sequence[Row], *, notify_jobs: bool, whole_unit: bool = False
+) -> None:
     """Insert ``rows`` in the session's transaction; ``notify_jobs``: one of them is a job,
-    wake the workers of other processes when the transaction commits (PostgreSQL)."""
+    wake the workers of other processes when the transaction commits (PostgreSQL).
+
+    ``whole_unit``: the caller writes nothing else in this unit of work. If the session has
+    not begun either, PostgreSQL runs the one statement in autocommit: a statement is its
+    own transaction, atomic and committed when it returns, so ``BEGIN`` and ``COMMIT``, two
+    of the unit's three round trips, are not sent. The session's commit then has nothing to
+    do (a 2xx still follows the commit). Anything written after would not be part of it:
+    hence the caller's promise, and the check that nothing was written before."""
     kept = session.info.get(BATCH)
     if kept is not None:
         kept.extend(rows)
         return
-    conn = await session.connection()
+    if whole_unit and _untouched(session) and session.get_bind().dialect.name == "postgresql":
+        conn = await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+    else:
+        conn = await session.connection()
     if conn.dialect.name != "postgresql":
         for table, values in rows:
             await conn.execute(insert(table), values)
@@ -117,3 +131,14 @@ async def insert_rows(session: AsyncSession, rows: Sequence[Row], *, notify_jobs
         for name, column in columns:
             params[name] = values[column.name] if column.name in values else _default(column)
     await conn.execute(statement, params)
+
+
+def _untouched(session: AsyncSession) -> bool:
+    """Nothing begun, pending or waiting for the commit in this session."""
+    return not (
+        session.in_transaction()
+        or session.new
+        or session.dirty
+        or session.deleted
+        or session.info.get(BEFORE_COMMIT)
+    )

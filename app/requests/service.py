@@ -430,7 +430,7 @@ async def _file_unvouched(
     if key is not None:
         new.append((IDEMPOTENCY_TABLE, _idempotency_row(rt, key, body, answer, now)))
     queues_mail = method == "email_code"
-    await rows.insert_rows(session, new, notify_jobs=queues_mail)
+    await rows.insert_rows(session, new, notify_jobs=queues_mail, whole_unit=True)
     if queues_mail:
         # The job was written here, not through jobs.enqueue: wake the local workers on
         # commit as it would (on PostgreSQL the statement itself sent the NOTIFY; elsewhere
