@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from app.exports import spools
+from app.exports import assembly, spools
 from app.exports.assembly import SourceFile, SystemInput, build_package
 from app.exports.flatten import cells
 from app.exports.signing import PackageSigner
@@ -259,3 +259,20 @@ def test_rows_of_many_shapes_are_the_rows_their_cells_give(tmp_path: Path) -> No
         expected = {name: str(v) for name, v in cells(value).items() if v != ""}
         assert flat == expected
     assert json.loads(archive.read("data/shop.json")) == {"c": records}
+
+
+def test_members_are_deflated_by_isal_and_read_by_any_zip_reader(tmp_path: Path) -> None:
+    """ISA-L is put in place of the member's zlib compressor through a private attribute
+    of ``zipfile``: this fails when a Python release moves it (the package would then be
+    deflated by zlib, correct but several times slower)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        handle = assembly._open_member(archive, "data/x.json")
+        assert type(handle._compressor).__module__.startswith("isal")  # type: ignore[attr-defined]
+        text = "".join(f'{{"n": {n}, "t": "Ána {n % 7}"}}\n' for n in range(50_000)).encode()
+        handle.write(text)
+        handle.close()
+    with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as archive:
+        assert archive.testzip() is None
+        assert archive.read("data/x.json") == text
+        assert archive.getinfo("data/x.json").compress_size < len(text) / 4
