@@ -21,10 +21,11 @@ import csv
 import io
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 _FORMULA_START = frozenset("=+-@\t\r")
+_TEXT_ONLY = {str}
 _PLAIN_TYPES = frozenset((str, int, float))  # what str() turns into the writer's own text
 _CELL_TYPES = _PLAIN_TYPES | {type(None)}  # None: an empty cell, as the writer writes it
 _GUARDED_AFTER_SEPARATOR = re.compile("\x00[=+\\-@\t\r]")
@@ -116,10 +117,13 @@ def csv_text(rows: list[list[Any]]) -> str:
         return ""
     if len(rows[0]) < 2:
         return _written(rows)
-    columns: list[list[str]] = []
+    columns: list[Sequence[str]] = []
     for column in zip(*rows, strict=True):
         kinds = set(map(type, column))
-        if kinds <= _PLAIN_TYPES:
+        texts: Sequence[str]
+        if kinds == _TEXT_ONLY:
+            texts = column
+        elif kinds <= _PLAIN_TYPES:
             texts = list(map(str, column))
         elif kinds <= _CELL_TYPES:
             texts = ["" if value is None else str(value) for value in column]
