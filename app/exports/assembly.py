@@ -33,7 +33,9 @@ import unicodedata
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+from isal import isal_zlib
 
 from app import __version__
 from app.exports import jsonio, workers
@@ -101,17 +103,32 @@ class _ZipSink:
         pass
 
 
+def _open_member(archive: zipfile.ZipFile, path: str) -> IO[bytes]:
+    """A member of ``archive`` open for writing, deflated by ISA-L at its level 1.
+
+    Deflate was the largest single cost of writing a package with zlib even at level 1
+    (about 220 MB of input per CPU-second here); ISA-L's level 1 writes the same format at
+    a similar ratio about six times faster. ``zipfile`` has no way to be handed a
+    compressor, so the member's zlib compressor, made when it was opened and not used yet,
+    is replaced by an ISA-L one with the same interface (``compress``, ``flush``), raw
+    deflate as ZIP wants it. On a ``zipfile`` without that attribute the member stays with
+    zlib at level 1 (3.13 names the level ``ZipInfo.compress_level``; 3.11 reads
+    ``_compresslevel``)."""
+    info = zipfile.ZipInfo(path, date_time=time.gmtime()[:6])
+    info.compress_type = zipfile.ZIP_DEFLATED
+    setattr(info, "_compresslevel", 1)  # noqa: B010
+    handle = archive.open(info, "w", force_zip64=True)
+    if getattr(handle, "_compressor", None) is not None:
+        handle._compressor = isal_zlib.compressobj(1, isal_zlib.DEFLATED, -15)  # type: ignore[attr-defined]
+    return handle
+
+
 class _Member:
     """A ZIP member being written, with its own size and SHA-256 for the manifest."""
 
     def __init__(self, archive: zipfile.ZipFile, path: str) -> None:
         self.path = path
-        info = zipfile.ZipInfo(path, date_time=time.gmtime()[:6])
-        info.compress_type = zipfile.ZIP_DEFLATED
-        # Level 1: records compress well even so, and assembly is CPU-bound (3.13 names it
-        # ZipInfo.compress_level; 3.11 reads this attribute).
-        setattr(info, "_compresslevel", 1)  # noqa: B010
-        self.handle = archive.open(info, "w", force_zip64=True)
+        self.handle = _open_member(archive, path)
         self.sha256 = hashlib.sha256()
         self.size = 0
 

@@ -13,8 +13,6 @@ them are files on disk, so memory stays bounded whatever the results' sizes.
 
 from __future__ import annotations
 
-import csv
-import io
 import queue
 import secrets
 import threading
@@ -27,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from app.exports import jsonio
-from app.exports.flatten import cells
+from app.exports.flatten import RowBuilder, cells, csv_text, row_builder
 from app.kit.streams import EncryptedWriter, iter_decrypted
 
 if TYPE_CHECKING:
@@ -35,8 +33,10 @@ if TYPE_CHECKING:
 
 JSON_IN_MEMORY_LIMIT = 64 * 1024 * 1024
 FLUSH_AT = 256 * 1024
-ROWS_AT = 512  # CSV rows formatted at once (writerows)
+ROWS_AT = 512  # CSV rows formatted at once
 PREVIEW_ROWS = 100  # records per category shown in report.html (all are in the files)
+SHAPES = 8  # row builders a spool tries, most recently learnt first
+MAX_LEARNT = 256  # row builders a spool compiles at most (then records of new shapes are walked)
 
 
 @dataclass
@@ -64,6 +64,11 @@ class Spool:
     since the last new column are complete and are copied into the package as they are. The
     rows before it (usually a handful: the column set settles after the first records) are
     written again from their JSON lines, with the final columns.
+
+    Past the preview, a record of a shape seen before gets its row from that shape's
+    compiled builder (``flatten.row_builder``, the last ``SHAPES`` shapes, rebuilt when a
+    column is added); others are walked by ``cells``, and their shape is learnt. Rows are
+    formatted ``ROWS_AT`` at a time by ``flatten.csv_text``.
     """
 
     def __init__(self, directory: Path, key: bytes) -> None:
@@ -78,8 +83,9 @@ class Spool:
         self.preview: list[dict[str, Any]] = []
         self.lines = bytearray()
         self.rows: list[list[Any]] = []
-        self.text = io.StringIO()
-        self.writer = csv.writer(self.text, lineterminator="\r\n")
+        self.builders: list[RowBuilder] = []  # for the shapes of the last records
+        self.positions: dict[str, int] = {}  # each column's place in a row
+        self.learnt = 0
         self.csv_bytes = 0
         self.complete_from = 0  # the first record whose CSV row has every column
         self.complete_offset = 0  # where its row starts in the CSV spool
@@ -88,6 +94,31 @@ class Spool:
         """``record`` parsed, ``line`` its JSON text (one line, UTF-8)."""
         self.lines += line
         self.lines += b"\n"
+        if self.builders:
+            row = self.builders[0](record)
+            if row is None and len(self.builders) > 1:
+                row = self._other_shape(record)
+            if row is not None:
+                self.rows.append(row)
+                self.count += 1
+                if len(self.rows) >= ROWS_AT:
+                    self._flush_rows()
+                if len(self.lines) >= FLUSH_AT:
+                    self.json.write(self.lines)
+                    self.lines.clear()
+                return
+        self._add_cells(record)
+
+    def _other_shape(self, record: Any) -> list[Any] | None:
+        builders = self.builders
+        for index in range(1, len(builders)):
+            row = builders[index](record)
+            if row is not None:
+                builders.insert(0, builders.pop(index))
+                return row
+        return None
+
+    def _add_cells(self, record: Any) -> None:
         flat = cells(record)
         if list(flat) == self.column_list:
             self.rows.append(list(flat.values()))
@@ -99,10 +130,14 @@ class Spool:
                 columns.update(dict.fromkeys(new))
                 self.column_list.extend(new)
                 self.complete_from, self.complete_offset = self.count, self.csv_bytes
+                self.builders.clear()  # their rows are one column short now
+                self.positions = {name: n for n, name in enumerate(self.column_list)}
             get = flat.get
             self.rows.append([get(name, "") for name in self.column_list])
         if len(self.preview) < PREVIEW_ROWS:
             self.preview.append(flat)
+        elif self.learnt < MAX_LEARNT:
+            self._learn(record)
         self.count += 1
         if len(self.rows) >= ROWS_AT:
             self._flush_rows()
@@ -110,13 +145,18 @@ class Spool:
             self.json.write(self.lines)
             self.lines.clear()
 
+    def _learn(self, record: Any) -> None:
+        """A row builder for ``record``'s shape, tried first from the next record on."""
+        self.learnt += 1
+        built = row_builder(record, self.positions)
+        if built is not None:
+            self.builders.insert(0, built)
+            del self.builders[SHAPES:]
+
     def _flush_rows(self) -> None:
         if self.rows:
-            self.writer.writerows(self.rows)
+            data = csv_text(self.rows).encode()
             self.rows.clear()
-            data = self.text.getvalue().encode()
-            self.text.seek(0)
-            self.text.truncate()
             self.csv.write(data)
             self.csv_bytes += len(data)
 
@@ -168,19 +208,28 @@ class _Discard:
 _DISCARD: Any = _Discard()
 
 
-def spool_lines(chunks: Iterable[bytes]) -> Generator[tuple[bytes, bool], None, None]:
-    """Non-blank lines, each with whether it is free of the long digit runs that orjson
-    cannot read exactly (checked once per chunk, not per line)."""
+def line_blocks(chunks: Iterable[bytes]) -> Generator[tuple[bytes, list[bytes]], None, None]:
+    """``(block, lines)``: the text of whole lines read so far and its non-blank lines, so
+    that what can be told of many lines at once (no long digit runs, no escapes) is looked
+    for once per block, not per line."""
     rest = b""
     for chunk in chunks:
         rest += chunk
-        exact = jsonio.exact(rest)
-        *complete, rest = rest.split(b"\n")
-        for line in complete:
-            if line.strip():
-                yield line, exact
+        cut = rest.rfind(b"\n") + 1
+        if cut:
+            block, rest = rest[:cut], rest[cut:]
+            yield block, [line for line in block.split(b"\n") if line.strip()]
     if rest.strip():
-        yield rest, jsonio.exact(rest)
+        yield rest, [rest]
+
+
+def spool_lines(chunks: Iterable[bytes]) -> Generator[tuple[bytes, bool], None, None]:
+    """Non-blank lines, each with whether it is free of the long digit runs that orjson
+    cannot read exactly (checked once per block of lines, not per line)."""
+    for block, lines in line_blocks(chunks):
+        exact = jsonio.exact(block)
+        for line in lines:
+            yield line, exact
 
 
 class SystemSpools:
@@ -214,21 +263,40 @@ class SystemSpools:
                     spool.add(record, jsonio.dumps(record, fast=fast))
 
     def _take_lines(self, chunks: Iterable[bytes]) -> None:
-        spool_for, dumps = self.spool, jsonio.dumps
-        for line, exact in spool_lines(chunks):
-            try:
-                item, fast = jsonio.loads(line, checked=exact)
-            except ValueError:
-                self.skipped += 1
-                continue
-            if type(item) is dict and len(item) == 2 and "category" in item and "record" in item:
-                record, category = item["record"], item["category"]
-                text = _record_text(line, category) if fast else None
-                spool_for(str(category)).add(record, text or dumps(record, fast=fast))
-            elif fast and b"\\u" not in line:
-                spool_for("records").add(item, line.strip())
-            else:
-                spool_for("records").add(item, dumps(item, fast=fast))
+        spool_for, dumps, parse = self.spool, jsonio.dumps, orjson.loads
+        prefixes: dict[str, bytes] = {}
+        for block, lines in line_blocks(chunks):
+            exact = jsonio.exact(block)
+            escaped = b"\\" in block
+            for line in lines:
+                if exact:
+                    try:
+                        item, fast = parse(line), True
+                    except ValueError:
+                        item, fast = _read_slowly(line)
+                else:
+                    item, fast = _read_slowly(line)
+                if item is _UNREADABLE:
+                    self.skipped += 1
+                    continue
+                if (
+                    type(item) is dict
+                    and len(item) == 2
+                    and "category" in item
+                    and "record" in item
+                ):
+                    record, category = item["record"], item["category"]
+                    text = None
+                    if fast and type(category) is str:
+                        prefix = prefixes.get(category)
+                        if prefix is None:
+                            prefix = prefixes[category] = _prefix(category)
+                        text = _record_text(line, prefix, escaped)
+                    spool_for(str(category)).add(record, text or dumps(record, fast=fast))
+                elif fast and not (escaped and b"\\u" in line):
+                    spool_for("records").add(item, line.strip())
+                else:
+                    spool_for("records").add(item, dumps(item, fast=fast))
 
     def close(self) -> None:
         for spool in self.by_category.values():
@@ -244,15 +312,30 @@ class SystemSpools:
             spool.csv.abort()
 
 
-def _record_text(line: bytes, category: Any) -> bytes | None:
+_UNREADABLE: Any = object()
+
+
+def _read_slowly(line: bytes) -> tuple[Any, bool]:
+    """A line orjson did not read, or that may hold numbers it would not keep exactly."""
+    try:
+        return jsonio.loads(line)
+    except ValueError:
+        return _UNREADABLE, False
+
+
+def _prefix(category: str) -> bytes:
+    return b'{"category": ' + orjson.dumps(category) + b', "record": '
+
+
+def _record_text(line: bytes, prefix: bytes, escaped: bool) -> bytes | None:
     """The record's own text in an NDJSON line ``{"category": "...", "record": ...}`` as
-    most senders write it (saves writing the record again), or None when that cannot be
-    told for sure: other spacing or key order, ``\\u`` escapes (the package is not
-    escaped), or a key written twice (only one of the values was read). Only for lines
-    that orjson read (valid JSON, an object of exactly these two keys)."""
-    if type(category) is not str or b"\\u" in line:
+    most senders write it (saves writing the record again; ``prefix``: the line's start
+    up to the record, for its category), or None when that cannot be told for sure: other
+    spacing or key order, ``\\u`` escapes (the package is not escaped; ``escaped``: the
+    line may hold some), or a key written twice (only one of the values was read). Only
+    for lines that orjson read (valid JSON, an object of exactly these two keys)."""
+    if escaped and b"\\u" in line:
         return None
-    prefix = b'{"category": ' + orjson.dumps(category) + b', "record": '
     line = line.rstrip()
     if not (line.startswith(prefix) and line.endswith(b"}")):
         return None

@@ -34,8 +34,9 @@ if TYPE_CHECKING:
 
 WORKERS = 2
 # Below this many bytes of results a build is spooled in a thread: starting the workers
-# (0.3-0.5 s of a core each, most of it imports) would cost about what they save (a
-# thread spools about 8 MB per CPU-second).
+# (0.15-0.5 s of a core each, most of it imports) would cost about what they save. Set
+# when a thread spooled about 8 MB per CPU-second; since the column-wise CSV and the row
+# builders it does 35-60 (2026-12-01), so the break-even is likely higher: not re-measured.
 MIN_BYTES = 32 * 1024 * 1024
 
 _stop: Any = None  # in a worker: the build's stop event

@@ -8,6 +8,7 @@ import csv
 import hashlib
 import io
 import json
+import random
 import threading
 import zipfile
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from app.exports import spools
+from app.exports import assembly, spools
 from app.exports.assembly import SourceFile, SystemInput, build_package
 from app.exports.flatten import cells
 from app.exports.signing import PackageSigner
@@ -222,3 +223,56 @@ def test_cells_flatten_and_guard_every_kind_of_value() -> None:
     }
     assert cells(["x"]) == {"value": '["x"]'}
     assert cells("=x") == {"value": "'=x"}
+
+
+def test_rows_of_many_shapes_are_the_rows_their_cells_give(tmp_path: Path) -> None:
+    """Past the preview, records are built by compiled row builders and written a column at
+    a time: the CSV must still hold, for every record, what ``cells`` makes of it, whatever
+    the mix of shapes, a column first seen late, and text that needs guarding or quoting."""
+    rng = random.Random(4)
+    texts = ["Ána", "Saint-Étienne", "a,b", 'say "x"', "two\nlines", "+33 6", "=1+1", "", "日本"]
+
+    def record(n: int) -> dict[str, Any]:
+        value: dict[str, Any] = {"id": n, "name": rng.choice(texts)}
+        if n % 3:
+            value["address"] = {"city": rng.choice(texts), "zip": rng.choice([None, "75001"])}
+        value["items"] = [
+            {"sku": rng.choice(texts), "qty": rng.choice([1, -2, 0.5, None])}
+            for _ in range(n % 4 + 1)
+        ]
+        if n % 7 == 0:
+            value["flag"] = rng.choice([True, False, None])
+        if n in (900, 1400):  # a column first seen late, then the earlier shapes again
+            value["late"] = {"x": rng.choice(texts), "y": []}
+        if n % 11 == 0:
+            value["items"] = {"0": {"sku": "object, not a list"}}
+        return value
+
+    records = [record(n) for n in range(1500)]
+    archive, _ = _build(
+        tmp_path, _source(_ndjson([{"category": "c", "record": r} for r in records]), piece=4096)
+    )
+    header, *rows = _csv(archive, "data/shop/c.csv")
+    assert len(rows) == len(records)
+    for row, value in zip(rows, records, strict=True):
+        flat = {name: text for name, text in zip(header, row, strict=True) if text != ""}
+        expected = {name: str(v) for name, v in cells(value).items() if v != ""}
+        assert flat == expected
+    assert json.loads(archive.read("data/shop.json")) == {"c": records}
+
+
+def test_members_are_deflated_by_isal_and_read_by_any_zip_reader(tmp_path: Path) -> None:
+    """ISA-L is put in place of the member's zlib compressor through a private attribute
+    of ``zipfile``: this fails when a Python release moves it (the package would then be
+    deflated by zlib, correct but several times slower)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        handle = assembly._open_member(archive, "data/x.json")
+        assert type(handle._compressor).__module__.startswith("isal")  # type: ignore[attr-defined]
+        text = "".join(f'{{"n": {n}, "t": "Ána {n % 7}"}}\n' for n in range(50_000)).encode()
+        handle.write(text)
+        handle.close()
+    with zipfile.ZipFile(io.BytesIO(buffer.getvalue())) as archive:
+        assert archive.testzip() is None
+        assert archive.read("data/x.json") == text
+        assert archive.getinfo("data/x.json").compress_size < len(text) / 4
