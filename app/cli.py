@@ -97,6 +97,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 def cmd_worker(args: argparse.Namespace) -> None:
     from app.jobs.worker import Worker
+    from app.kit.heap import freeze_startup_objects
     from app.runtime import build_runtime
     from app.tasks import register_tasks
 
@@ -108,6 +109,7 @@ def cmd_worker(args: argparse.Namespace) -> None:
 
     async def main() -> None:
         runtime = build_runtime(settings, role="dsr worker", worker_concurrency=concurrency)
+        freeze_startup_objects()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

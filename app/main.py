@@ -23,6 +23,7 @@ from app.errors import AppError, PayloadTooLarge
 from app.exports.router import router as exports_router
 from app.jobs.worker import Worker
 from app.kit.clock import Clock
+from app.kit.heap import freeze_startup_objects
 from app.requests.router import router as requests_router
 from app.runtime import build_runtime
 from app.staff.router import router as staff_router
@@ -143,6 +144,10 @@ def create_app(
             worker_concurrency=settings.worker_concurrency if with_worker else 0,
         )
         app.state.runtime = runtime
+        if settings.env != "test":
+            # Not in the suite: it builds an app per test, and freezing would keep every
+            # earlier test's cyclic garbage for the rest of the run.
+            freeze_startup_objects()
         app.state.settings = settings
         app.state.http = runtime.http
         stop = asyncio.Event()

@@ -75,3 +75,32 @@ async def test_the_process_names_itself_to_postgresql(pg_settings: Settings) -> 
         assert name == "dsr worker"
     finally:
         await runtime.aclose()
+
+
+@pytest.mark.parametrize(("env", "frozen"), [("development", True), ("test", False)])
+async def test_a_service_process_freezes_what_it_started_with(
+    env: str, frozen: bool, tmp_path: Path
+) -> None:
+    """Start-up's long-lived objects are moved out of the collector's sight (no full
+    collection walks them again); not in the test suite, which builds an app per test."""
+    import gc
+
+    from app.main import create_app
+
+    gc.unfreeze()
+    settings = Settings(
+        env=env,
+        database_url=f"sqlite:///{tmp_path}/dsr.db",
+        data_dir=tmp_path,
+        encryption_key=new_key(),
+        staff_jwt_secret=new_key(),
+    )
+    app = create_app(settings, run_worker=False)
+    try:
+        from app.migrate import upgrade
+
+        await asyncio.to_thread(upgrade, settings.database_url)
+        async with app.router.lifespan_context(app):
+            assert (gc.get_freeze_count() > 10_000) is frozen
+    finally:
+        gc.unfreeze()
