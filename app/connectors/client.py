@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -20,8 +21,11 @@ import httpx
 from pydantic import ValidationError
 
 from app.connectors.schemas import ConnectorResult
+from app.kit.text import without_surrogates
 
 MESSAGE_LIMIT = 300
+# A lone surrogate escape ("\ud800"): valid JSON, which pydantic's JSON parser refuses.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
 @dataclass(frozen=True)
@@ -69,15 +73,34 @@ def message_of(raw: bytes) -> str:
 def describe_validation(exc: ValidationError) -> str:
     first = exc.errors()[0]
     where = ".".join(str(part) for part in first["loc"]) or "body"
-    return f"{where}: {first['msg']}"
+    return without_surrogates(f"{where}: {first['msg']}")  # a key may hold one
 
 
 def parse_result(raw: bytes) -> ConnectorResult:
-    """A result body; ValueError (with the field at fault) when it is not one."""
+    """A result body; ValueError (with the field at fault) when it is not one.
+
+    A body with a lone surrogate escape is read by ``json`` instead, which keeps it: a
+    record may hold one (a system's bad byte is still the person's data, and the export
+    keeps it escaped), but the result's own text (categories, reasons, the message) may
+    not: pydantic refuses it there, with the field at fault."""
     try:
         return ConnectorResult.model_validate_json(raw)
     except ValidationError as exc:
+        if exc.errors()[0]["type"] != "json_invalid" or not _SURROGATE_ESCAPE.search(raw):
+            raise ValueError(describe_validation(exc)) from None
+        refused = describe_validation(exc)
+    try:
+        body = json.loads(raw.decode(), parse_constant=_no_constant)
+    except ValueError:
+        raise ValueError(refused) from None
+    try:
+        return ConnectorResult.model_validate(body)
+    except ValidationError as exc:
         raise ValueError(describe_validation(exc)) from None
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")  # json reads NaN and Infinity; pydantic does not
 
 
 async def _read(response: httpx.Response, limit: int) -> bytes | None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from app.kit.streams import EncryptedWriter, iter_decrypted
+from app.kit.text import utf8_json
 from app.runtime import Runtime
 
 
@@ -49,7 +50,8 @@ def store_data(rt: Runtime, job_id: str, data: dict[str, Any]) -> dict[str, Any]
     """Write a result's inline ``data``; returns its entry for the job's ``data_files``."""
     name, temporary, writer = new_writer(rt, job_id, suffix="result")
     try:
-        writer.write(json.dumps(data, ensure_ascii=False).encode())
+        # A lone surrogate in a record (see client.parse_result) is kept as its escape.
+        writer.write(utf8_json(json.dumps(data, ensure_ascii=False)))
         size = writer.close()
     except BaseException:
         writer.abort()

@@ -50,6 +50,7 @@ from app.exports.spools import (
     spool_lines,
 )
 from app.kit.streams import EncryptedWriter
+from app.kit.text import utf8_json, utf8_shown
 
 MANIFEST_FORMAT = "dsr-export/1"
 __all__ = ["BuiltPackage", "SourceFile", "SystemInput", "build_package", "slug"]
@@ -175,7 +176,7 @@ def build_package(
                 described.append(entry)
                 files.extend(written)
         if report is not None:
-            html = report(described).encode()
+            html = utf8_shown(report(described))
             member = _Member(zf, "report.html")
             member.write(html)
             files.append(member.close())
@@ -186,7 +187,7 @@ def build_package(
             "systems": [_manifest_entry(entry) for entry in described],
             "files": files,
         }
-        body = json.dumps(manifest, ensure_ascii=False, indent=2).encode()
+        body = utf8_json(json.dumps(manifest, ensure_ascii=False, indent=2))
         for name, content in (
             ("manifest.json", body),
             ("manifest.jws", signer.sign_detached(body).encode()),
@@ -266,7 +267,7 @@ def _write_json(member: _Member, spools: dict[str, Spool]) -> None:
     are, their newlines turned into separators a chunk at a time."""
     opening = b"{"
     for category, spool in spools.items():
-        member.write(opening + b"\n  " + jsonio.dumps(category, fast=True) + b": [")
+        member.write(opening + b"\n  " + _json_key(category) + b": [")
         opening = b","
         if spool.count:
             member.write(b"\n    ")
@@ -276,6 +277,13 @@ def _write_json(member: _Member, spools: dict[str, Spool]) -> None:
             held = chunk[-1:]
         member.write(b"\n  ]" if spool.count else b"]")
     member.write(b"\n}\n")
+
+
+def _json_key(category: str) -> bytes:
+    try:
+        return jsonio.dumps(category, fast=True)
+    except TypeError:  # a lone surrogate, which orjson does not write
+        return jsonio.dumps(category, fast=False)
 
 
 def _write_csv(member: _Member, spool: Spool) -> None:
@@ -293,11 +301,11 @@ def _write_csv(member: _Member, spool: Spool) -> None:
             if len(batch) >= ROWS_AT:
                 rows.writerows(batch)
                 batch.clear()
-                member.write(text.getvalue().encode())
+                member.write(utf8_shown(text.getvalue()))
                 text.seek(0)
                 text.truncate()
         rows.writerows(batch)
         lines.close()
-    member.write(text.getvalue().encode())
+    member.write(utf8_shown(text.getvalue()))
     for chunk in spool.csv_chunks(spool.complete_offset):
         member.write(chunk)

@@ -8,7 +8,8 @@ times faster than ``json``, and writes compact UTF-8 (never ``\\u``-escaped). It
 * an integer beyond 64 bits is read as a float (precision lost): any run of 20 digits in
   the text sends it to ``json`` (a false alarm is only slower);
 * ``NaN``, ``Infinity`` and lone surrogate escapes are refused: ``json`` reads them;
-* what ``json`` read is written back with ``json`` too (orjson would write NaN as ``null``).
+* what ``json`` read is written back with ``json`` too (orjson would write NaN as ``null``),
+  a lone surrogate as the ``\\uXXXX`` escape it was sent as (UTF-8 cannot hold it raw).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import json
 from typing import Any
 
 import orjson
+
+from app.kit.text import utf8_json
 
 # Every digit made a "0", so that a run of 19 digits is a plain substring search (a regular
 # expression scans several times slower). 19, not 20: orjson reads integers below -2**63
@@ -43,7 +46,8 @@ def loads(text: bytes | bytearray | memoryview, *, checked: bool = False) -> tup
 
 
 def dumps(value: Any, *, fast: bool) -> bytes:
-    """``value`` as compact-enough UTF-8 JSON on one line."""
+    """``value`` as compact-enough UTF-8 JSON on one line. ``fast`` only for what orjson
+    read, or text that holds no lone surrogate (orjson refuses to write one)."""
     if fast:
         return orjson.dumps(value)
-    return json.dumps(value, ensure_ascii=False).encode()
+    return utf8_json(json.dumps(value, ensure_ascii=False))

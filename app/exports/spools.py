@@ -27,6 +27,7 @@ import orjson
 from app.exports import jsonio
 from app.exports.flatten import RowBuilder, cells, csv_text, row_builder
 from app.kit.streams import EncryptedWriter, iter_decrypted
+from app.kit.text import utf8_shown
 
 if TYPE_CHECKING:
     from app.exports.assembly import SystemInput
@@ -155,7 +156,7 @@ class Spool:
 
     def _flush_rows(self) -> None:
         if self.rows:
-            data = csv_text(self.rows).encode()
+            data = utf8_shown(csv_text(self.rows))  # a lone surrogate shown as U+FFFD
             self.rows.clear()
             self.csv.write(data)
             self.csv_bytes += len(data)

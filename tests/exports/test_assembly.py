@@ -276,3 +276,77 @@ def test_members_are_deflated_by_isal_and_read_by_any_zip_reader(tmp_path: Path)
         assert archive.testzip() is None
         assert archive.read("data/x.json") == text
         assert archive.getinfo("data/x.json").compress_size < len(text) / 4
+
+
+# A lone surrogate escape: valid JSON text, but no UTF-8 can hold the character it reads as.
+LONE = '"\\ud800"'
+
+
+def test_a_lone_surrogate_is_kept_escaped_in_the_json_and_replaced_in_the_csv(
+    tmp_path: Path,
+) -> None:
+    """One bad value does not fail the package: ``data/<system>.json`` keeps it as the
+    escape that was sent (valid JSON, read back as the same value), its CSV cell shows
+    U+FFFD, and the records around it are written as they would be without it."""
+    ordinary = [{"category": "orders", "record": {"id": n, "note": f"n {n} é"}} for n in range(700)]
+    lines = [json.dumps(item, ensure_ascii=False) for item in ordinary]
+    lines.insert(3, '{"category": "orders", "record": {"id": -1, "note": ' + LONE + "}}")
+    lines.insert(400, '{"id": -2, "note": "a \\udfff b", "k\\udc80": ["\\ud83d\\ude00"]}')
+    lines.insert(500, '{"category": "orders", "record": {"id": -3, "late": ' + LONE + "}}")
+    body = '{"profile": [{"name": "Ana", "bio": ' + LONE + "}]}"
+    archive, manifest = _build(
+        tmp_path,
+        _source(("\n".join(lines) + "\n").encode()),
+        _source(body.encode(), format="json"),
+    )
+    text = archive.read("data/shop.json").decode()  # strict UTF-8
+    assert "\\ud800" in text
+    assert "\\udfff" in text
+    assert "\\udc80" in text
+    data = json.loads(text)
+    assert data["orders"][3] == {"id": -1, "note": "\ud800"}
+    assert data["orders"][499] == {"id": -3, "late": "\ud800"}
+    assert data["records"] == [{"id": -2, "note": "a \udfff b", "k\udc80": ["\U0001f600"]}]
+    assert data["profile"] == [{"name": "Ana", "bio": "\ud800"}]
+    others = [r for r in data["orders"] if r["id"] >= 0]
+    assert others == [item["record"] for item in ordinary]
+
+    header, *rows = _csv(archive, "data/shop/orders.csv")
+    assert header == ["id", "note", "late"]
+    assert rows[3] == ["-1", "\ufffd", ""]
+    assert rows[499] == ["-3", "", "\ufffd"]
+    assert rows[4] == ["3", "n 3 é", ""]
+    assert _csv(archive, "data/shop/records.csv") == [
+        ["id", "note", "k\ufffd.0"],
+        ["-2", "a \ufffd b", "\U0001f600"],
+    ]
+    assert _csv(archive, "data/shop/profile.csv") == [["name", "bio"], ["Ana", "\ufffd"]]
+    assert {c["name"]: c["count"] for c in manifest["systems"][0]["categories"]} == {
+        "orders": 702,
+        "records": 1,
+        "profile": 1,
+    }
+
+
+def test_a_lone_surrogate_past_the_preview_and_in_a_compiled_row(tmp_path: Path) -> None:
+    """Records of a shape with a compiled row builder (past the preview) go the same way."""
+    lines = [json.dumps({"id": n, "note": f"n{n}"}) for n in range(1500)]
+    lines[1200] = '{"id": 1200, "note": ' + LONE + "}"
+    archive, _ = _build(tmp_path, _source(("\n".join(lines) + "\n").encode()))
+    records = json.loads(archive.read("data/shop.json").decode())["records"]
+    assert records[1200] == {"id": 1200, "note": "\ud800"}
+    assert records[1199] == {"id": 1199, "note": "n1199"}
+    rows = _csv(archive, "data/shop/records.csv")
+    assert rows[1201] == ["1200", "\ufffd"]
+    assert rows[1200] == ["1199", "n1199"]
+
+
+def test_a_category_named_with_a_lone_surrogate(tmp_path: Path) -> None:
+    """Not a name any system should send, but it is written, not a failed package: the
+    JSON and the manifest keep its escape."""
+    line = '{"category": "notes \\ud800", "record": {"n": 1}}\n'
+    archive, manifest = _build(tmp_path, _source(line.encode()))
+    assert json.loads(archive.read("data/shop.json").decode()) == {"notes \ud800": [{"n": 1}]}
+    assert manifest["systems"][0]["categories"][0]["name"] == "notes \ud800"
+    assert json.loads(archive.read("manifest.json").decode()) == manifest
+    assert _csv(archive, "data/shop/notes.csv") == [["n"], ["1"]]

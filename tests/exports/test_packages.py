@@ -14,11 +14,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from starlette.responses import Response
 
 from app.exports.verify import verify_package
 from tests.conftest import Service, bearer
 from tests.connectors.conftest import detail, drive, register
-from tests.fixtures.connectors import ConnectorFarm, answers, calls_back, result, silent
+from tests.fixtures.connectors import (
+    Behaviour,
+    Call,
+    ConnectorFarm,
+    answers,
+    calls_back,
+    result,
+    silent,
+)
 
 SHOP_DATA = {
     "identity": [{"email": "ana@example.org", "name": "Ána Ruíz <script>alert(1)</script>"}],
@@ -319,3 +328,86 @@ async def test_data_of_a_request_cancelled_before_its_package_is_deleted(
     assert not list(service.settings.results_dir.glob("*.bin"))
     events = [e["action"] for e in (await detail(service, filed["id"]))["events"]]
     assert "connector_results.deleted" in events
+
+
+def answers_escaped(body: dict[str, Any]) -> Behaviour:
+    """200 with ``body`` as ``json.dumps`` writes it: ``\\u``-escaped, so a lone surrogate
+    in it is sent as its escape (which ``JSONResponse``, writing UTF-8, cannot send)."""
+
+    async def behave(farm: ConnectorFarm, call: Call) -> Response:
+        return Response(json.dumps(body).encode(), media_type="application/json")
+
+    return behave
+
+
+async def test_a_lone_surrogate_from_any_connector_still_gives_the_whole_package(
+    service: Service, farm: ConnectorFarm, tmp_path: Path
+) -> None:
+    """A lone surrogate escape (``"\\ud800"``) is valid JSON, but no UTF-8 text holds the
+    character it stands for. Sent in a synchronous answer, a callback, a JSON or an NDJSON
+    upload, it fails neither the connector nor the package: the JSON files keep the escape
+    (read back, the same value), the CSV cell and the report show U+FFFD."""
+    await register(
+        service,
+        farm,
+        "shop",
+        answers_escaped(result(data={"orders": [{"id": "A-1", "note": "x \udfff y"}]})),
+    )
+    upload = ndjson(3) + b'{"category": "tickets", "record": {"n": 3, "text": "\\ud800"}}\n'
+    await register(
+        service,
+        farm,
+        "support desk",
+        calls_back(result(data={"notes": [{"t": "\udc00"}]}), upload=upload),
+    )
+    await register(
+        service,
+        farm,
+        "crm",
+        calls_back(
+            result(data={}),
+            upload=b'{"contacts": [{"name": "Ana", "alias": "\\ud83d"}]}',
+            upload_type="application/json",
+        ),
+    )
+    filed = await service.file_verified({"type": "access", "subject": {"email": "ana@example.org"}})
+    await drive(service, farm)
+    assert all(a.status_code < 300 for a in farm.callback_answers), farm.callback_answers
+    status = await _status(service, filed)
+    assert status["status"] == "completed"
+    assert status["export"]["ready"] is True
+    package = tmp_path / "answer.zip"
+    package.write_bytes((await _download(service, filed)).content)
+    jwks = await _jwks(service)
+    verdict = verify_package(package, key=jwks["keys"][0])
+    assert verdict.ok, verdict.problems
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps(jwks))
+    checked = subprocess.run(
+        [sys.executable, "-m", "app.cli", "export", "verify", str(package), "--key", str(keys)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+    shop = archive_text(package, "data/shop.json")  # strict UTF-8
+    assert "\\udfff" in shop
+    assert json.loads(shop) == {"orders": [{"id": "A-1", "note": "x \udfff y"}]}
+    desk = json.loads(archive_text(package, "data/support-desk.json"))
+    assert desk["notes"] == [{"t": "\udc00"}]
+    assert desk["tickets"][3] == {"n": 3, "text": "\ud800"}
+    assert desk["tickets"][2] == {"n": 2, "text": "ticket 2 é"}
+    crm = json.loads(archive_text(package, "data/crm.json"))
+    assert crm == {"contacts": [{"name": "Ana", "alias": "\ud83d"}]}
+
+    def rows(name: str) -> list[list[str]]:
+        text = archive_text(package, name).removeprefix("\ufeff")
+        return list(csv.reader(io.StringIO(text, newline="")))
+
+    assert rows("data/shop/orders.csv") == [["id", "note"], ["A-1", "x \ufffd y"]]
+    assert rows("data/support-desk/tickets.csv")[-2:] == [["2", "ticket 2 é"], ["3", "\ufffd"]]
+    assert rows("data/support-desk/notes.csv") == [["t"], ["\ufffd"]]
+    assert rows("data/crm/contacts.csv") == [["name", "alias"], ["Ana", "\ufffd"]]
+    assert "x \ufffd y" in archive_text(package, "report.html")

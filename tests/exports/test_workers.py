@@ -180,3 +180,27 @@ def test_a_failure_while_writing_stops_the_workers_and_leaves_nothing(
         )
     assert [p.name for p in tmp_path.iterdir()] == ["results"]
     assert not multiprocessing.active_children()
+
+
+def test_a_lone_surrogate_is_spooled_by_a_worker_as_by_the_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    systems = _systems(tmp_path)
+    for n, system in enumerate(systems):
+        stored = tmp_path / "results" / f"bad{n}.bin"
+        lines = '{"category": "orders", "record": {"id": "\\ud800", "n": 1}}\n{"x": "\\udfff"}\n'
+        system.sources.append(_stored(stored, lines.encode()))
+    threaded = _members(tmp_path, "threaded.enc", systems)
+    monkeypatch.setattr(workers, "MIN_BYTES", 0)
+    assert workers.worth_it(systems)
+    in_processes = _members(tmp_path, "processes.enc", systems)
+    assert in_processes.keys() == threaded.keys()
+    for name in threaded:
+        if name != "manifest.jws":
+            assert in_processes[name] == threaded[name], name
+    data = json.loads(in_processes["data/system-0.json"].decode())
+    assert data["orders"][-1] == {"id": "\ud800", "n": 1}
+    assert data["records"] == [{"x": "\udfff"}]
+    orders = in_processes["data/system-0/orders.csv"].decode()
+    assert orders.endswith("\r\n\ufffd,1,,,\r\n")
+    assert not multiprocessing.active_children()
