@@ -143,7 +143,10 @@ _CLAIM = (
             .where(
                 or_(
                     (J_.status == JobStatus.queued) & (J_.run_after <= _NOW),
-                    (J_.status == JobStatus.running) & (J_.lease_expires_at < _NOW),
+                    # A lost job with attempts left; one without is _FAIL_LOST's.
+                    (J_.status == JobStatus.running)
+                    & (J_.lease_expires_at < _NOW)
+                    & (J_.attempts < J_.max_attempts),
                 )
             )
             .order_by(J_.run_after)
@@ -164,15 +167,24 @@ _CLAIM = (
 
 
 async def claim_due_jobs(
-    session: AsyncSession, *, worker_id: str, now: datetime, limit: int, lease_seconds: float
+    session: AsyncSession,
+    *,
+    worker_id: str,
+    now: datetime,
+    limit: int,
+    lease_seconds: float,
+    fail_lost: bool = True,
 ) -> list[Job]:
     """Take up to ``limit`` due jobs under a lease held by ``worker_id``: one ``UPDATE ...
     WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED) RETURNING`` (the claim is on every
-    job's path, so it is one statement, not a load and a flush)."""
+    job's path, so it is one statement, not a load and a flush).
+
+    A job whose worker died on its last allowed attempt is never claimed again (a job that
+    keeps killing its worker must stop somewhere); ``fail_lost`` also marks such jobs
+    failed, which a busy worker does every few seconds, not on every claim."""
     connection = await session.connection()
-    # A job whose worker died on its last allowed attempt fails instead of being retried
-    # for ever (a job that keeps killing its worker must stop somewhere).
-    await connection.execute(_FAIL_LOST, {"b_now": now})
+    if fail_lost:
+        await connection.execute(_FAIL_LOST, {"b_now": now})
     claimed = await connection.execute(
         _CLAIM,
         {

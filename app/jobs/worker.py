@@ -27,6 +27,8 @@ from app.runtime import Runtime
 log = logging.getLogger("dsr.jobs")
 
 
+FAIL_LOST_EVERY = 5.0  # seconds
+
 JobContext = Runtime  # what handlers get: settings, clock, sessions, HTTP client, sealer
 
 
@@ -52,6 +54,17 @@ class Worker:
         self._periodic_due: dict[str, float] = {}
         self._batches: dict[str, Any] = {}
         self.claim_batch = max(1, self.concurrency // 4)
+        self._lost_checked_at: float | None = None
+
+    def _fail_lost_due(self) -> bool:
+        """Whether this claim also fails the jobs lost on their last attempt: on the first
+        claim, then every ``FAIL_LOST_EVERY`` seconds (leases last a minute; the extra
+        statement on every claim of a busy worker was work for nothing)."""
+        now = asyncio.get_running_loop().time()
+        if self._lost_checked_at is not None and now - self._lost_checked_at < FAIL_LOST_EVERY:
+            return False
+        self._lost_checked_at = now
+        return True
 
     # --- one round -----------------------------------------------------------------------
 
@@ -242,6 +255,7 @@ class Worker:
                 session,
                 worker_id=self.worker_id,
                 now=self.ctx.clock.now(),
+                fail_lost=self._fail_lost_due(),
                 limit=free,
                 lease_seconds=self.lease_seconds,
             )

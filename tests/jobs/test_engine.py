@@ -614,6 +614,47 @@ async def test_a_job_that_keeps_killing_its_worker_fails_at_max_attempts(service
         assert "worker lost" in stored.last_error
 
 
+async def test_a_job_lost_on_its_last_attempt_is_never_claimed_between_checks(service) -> None:  # type: ignore[no-untyped-def]
+    """A busy worker fails lost jobs only every few seconds; in between, its claims still
+    never take one that used its last attempt."""
+    from app.jobs import service as jobs_service
+    from app.jobs.models import Job, JobStatus
+    from app.jobs.worker import FAIL_LOST_EVERY, Worker
+
+    rt = service.runtime
+    async with rt.session() as session:
+        job = await jobs_service.enqueue(
+            session, "test-engine.never-runs", {}, now=service.clock.now(), max_attempts=1
+        )
+    async with rt.session() as session:
+        [first] = await jobs_service.claim_due_jobs(
+            session, worker_id="w1", now=service.clock.now(), limit=10, lease_seconds=60
+        )
+    assert first.id == job.id
+    service.clock.advance(seconds=61)  # w1 died on the job's only attempt
+    async with rt.session() as session:
+        again = await jobs_service.claim_due_jobs(
+            session,
+            worker_id="w2",
+            now=service.clock.now(),
+            limit=10,
+            lease_seconds=60,
+            fail_lost=False,
+        )
+        assert again == []
+        assert (await session.get(Job, job.id)).status == JobStatus.running  # not failed yet
+
+    worker = Worker(rt, concurrency=4)
+    assert worker._fail_lost_due()  # the first claim checks
+    assert not worker._fail_lost_due()  # the next ones, for FAIL_LOST_EVERY seconds, do not
+    worker._lost_checked_at -= FAIL_LOST_EVERY  # type: ignore[operator]
+    assert await worker._claim_free_slots() == []  # this one checks, and fails the job
+    async with rt.session() as session:
+        stored = await session.get(Job, job.id)
+        assert stored.status == JobStatus.failed
+        assert stored.last_error == "worker lost during attempt 1 of 1"
+
+
 def test_a_job_row_names_every_column_of_the_job_table() -> None:
     """Intake inserts ``job_row`` itself: a column it left out would be written as NULL."""
     from app.jobs.service import JOB_TABLE, job_row
