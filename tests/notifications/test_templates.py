@@ -215,6 +215,47 @@ def test_completion_names_what_was_retained_and_why() -> None:
     assert "invoices kept: tax law (French Commercial Code L.123-22), until 1 May 2035" in en
 
 
+@pytest.mark.parametrize("language", ["fr", "en"])
+def test_each_retained_category_and_the_recipients_have_a_line_of_their_own(
+    language: str,
+) -> None:
+    kept = [
+        {
+            "category": "invoices",
+            "reason": "tax",
+            "legal_basis": "L.123-22",
+            "until": date(2035, 5, 1),
+        },
+        {
+            "category": "contracts",
+            "reason": "claims",
+            "legal_basis": "Code civil 2224",
+            "until": None,
+        },
+    ]
+    outcomes = [
+        {
+            "system": "Billing",
+            "outcome": "retained",
+            "retained": kept,
+            "recipients_notified": ["accounting firm"],
+        },
+        {"system": "CRM", "outcome": "erased", "retained": []},
+    ]
+    lines = mail(
+        "completion", language, outcomes=outcomes, request_type="erasure"
+    ).text.splitlines()
+    starts = [line.strip().split(" ")[0] for line in lines]
+    at = starts.index("invoices")
+    assert starts[at + 1] == "contracts"
+    assert lines[at + 2].strip().endswith(": accounting firm")
+    assert lines[at + 3].startswith("  - CRM")
+    assert "L.123-22" in lines[at]
+    assert "2035" in lines[at]
+    assert "2224" in lines[at + 1]
+    assert "accounting" not in lines[at + 1]
+
+
 def test_completion_without_outcomes_says_nothing_was_held() -> None:
     fr = mail("completion", "fr", outcomes=[]).text
     assert "Aucun de nos systèmes" in fr
