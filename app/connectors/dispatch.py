@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, or_, update
+from sqlalchemy import and_, delete, exists, insert, or_, update
 from sqlalchemy import select as sa_select
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -42,6 +42,7 @@ from app.connectors.urls import check_url
 from app.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, UnsupportedMedia
 from app.exports import service as exports
 from app.jobs import service as jobs
+from app.jobs import wakeup
 from app.jobs.models import Job, JobStatus
 from app.jobs.registry import FINISHED as JOB_FINISHED
 from app.jobs.registry import handler, periodic
@@ -168,24 +169,63 @@ async def _create_jobs(
             )
         ).all()
     )
+    # The webhook connectors' jobs and their calls are written as rows, one multi-row
+    # INSERT per table: a request fans out to tens of systems, and an ORM object pair per
+    # system was most of a fan-out's cost. (The call jobs' queueing locks name connector
+    # jobs created here, so no other job can hold them.)
+    job_rows: list[dict[str, Any]] = []
+    call_rows: list[dict[str, Any]] = []
     for connector in connectors:
         if connector.id in existing:
             continue  # a re-run of the fan-out: the job exists already
-        cj = ConnectorJob(
-            id=new_id("cjob"),
-            request_id=req.id,
-            connector_id=connector.id,
-            created_at=now,
-            updated_at=now,
-        )
-        session.add(cj)
+        cj_id = new_id("cjob")
         if connector.mode == ConnectorMode.manual:
-            cj.status = J.waiting_for_staff
+            cj = ConnectorJob(
+                id=cj_id,
+                request_id=req.id,
+                connector_id=connector.id,
+                status=J.waiting_for_staff,
+                created_at=now,
+                updated_at=now,
+            )
+            session.add(cj)
             await _record(session, cj, "waiting_for_staff", now=now)
             await _tell_staff(session, rt, req, connector, now=now)
-        else:
-            await _queue_call(session, cj, connector, now=now, fresh=True)
-            await _record(session, cj, "queued", now=now)
+            continue
+        call = jobs.job_row(
+            CALL_KIND,
+            {"connector_job_id": cj_id},
+            now=now,
+            request_id=req.id,
+            queueing_lock=_call_lock(cj_id),
+            max_attempts=max(1, connector.max_attempts),
+        )
+        call_rows.append(call)
+        job_rows.append(
+            {
+                "id": cj_id,
+                "request_id": req.id,
+                "connector_id": connector.id,
+                "status": J.queued,
+                "attempts": 0,
+                "engine_job_id": call["id"],
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
+        await audit.record(
+            session,
+            actor=SYSTEM,
+            action="connector_job.queued",
+            now=now,
+            request_id=req.id,
+            details={"job_id": cj_id, "connector_id": connector.id},
+        )
+    if job_rows:
+        conn = await session.connection()
+        await conn.execute(insert(calls.CJ), job_rows)
+        await conn.execute(insert(jobs.JOB_TABLE), call_rows)
+        wakeup.on_enqueue(session)
 
 
 async def _queue_call(
@@ -195,7 +235,6 @@ async def _queue_call(
     *,
     now: datetime,
     run_after: datetime | None = None,
-    fresh: bool = False,
 ) -> None:
     engine_job = await jobs.enqueue(
         session,
@@ -206,7 +245,6 @@ async def _queue_call(
         request_id=cj.request_id,
         queueing_lock=_call_lock(cj.id),
         max_attempts=max(1, connector.max_attempts - cj.attempts),
-        fresh_lock=fresh,
     )
     if engine_job is not None:
         cj.engine_job_id = engine_job.id

@@ -38,12 +38,11 @@ async def enqueue(
     request_id: str | None = None,
     queueing_lock: str | None = None,
     max_attempts: int = 10,
-    fresh_lock: bool = False,
 ) -> Job | None:
     """Queue a job in the caller's transaction. With a ``queueing_lock`` that is already held
-    by a queued job, nothing is queued and ``None`` is returned. ``fresh_lock`` says the lock
-    names something created in this very transaction, so no other job can hold it: the job
-    is then written with the unit of work's batched inserts."""
+    by a queued job, nothing is queued and ``None`` is returned. (A caller whose lock names
+    something created in the same transaction, which no other job can hold, may write
+    ``job_row`` itself: the fan-out does.)"""
     job = Job(
         **job_row(
             kind,
@@ -55,7 +54,7 @@ async def enqueue(
             max_attempts=max_attempts,
         )
     )
-    if queueing_lock is None or fresh_lock:
+    if queueing_lock is None:
         session.add(job)
     elif not await _insert_unless_locked(session, job):
         return None

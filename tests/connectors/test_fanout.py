@@ -218,3 +218,52 @@ async def test_completing_a_manual_task_of_an_access_request_resumes_it_then_ans
     view = await detail(service, filed["id"])
     assert view["status"] == "completed"
     assert view["export"]["ready"] is True
+
+
+async def test_the_fan_out_queues_one_call_per_connector_once(
+    service: Service, farm: ConnectorFarm
+) -> None:
+    """The fan-out writes its connector jobs and their calls as rows: each connector job
+    points at a queued call holding its queueing lock and the connector's attempts, each
+    has its audit event, and running the fan-out again adds nothing."""
+    from sqlalchemy import text
+
+    from app.connectors import dispatch
+    from app.requests import service as requests
+
+    await register(service, farm, "shop", answers(), max_attempts=5)
+    await register(service, farm, "crm", answers())
+    filed = await service.file_verified()
+    rt = service.runtime
+    for _ in range(2):  # the second time, a re-run of the fan-out: nothing more
+        async with rt.session() as session:
+            req = await requests.lock(session, filed["id"])
+            await dispatch._create_jobs(session, rt, req, now=service.clock.now())
+
+    async with rt.read_sessions() as session:
+        rows = (
+            await session.exec(  # type: ignore[call-overload]
+                text(
+                    "SELECT cj.id, cj.status, cj.attempts, c.name, j.kind, j.status AS js,"
+                    " j.queueing_lock, j.max_attempts, j.payload, j.request_id"
+                    " FROM connector_job cj JOIN connector c ON c.id = cj.connector_id"
+                    " JOIN job j ON j.id = cj.engine_job_id ORDER BY c.name"
+                )
+            )
+        ).all()
+    assert [(r.name, r.status, r.attempts, r.js, r.max_attempts) for r in rows] == [
+        ("crm", "queued", 0, "queued", 8),
+        ("shop", "queued", 0, "queued", 5),
+    ]
+    for r in rows:
+        assert r.kind == dispatch.CALL_KIND
+        assert r.queueing_lock == f"call:{r.id}"
+        assert r.request_id == filed["id"]
+        assert r.id in r.payload
+    view = await detail(service, filed["id"])
+    queued = [e for e in view["events"] if e["action"] == "connector_job.queued"]
+    assert sorted(e["details"]["job_id"] for e in queued) == sorted(r.id for r in rows)
+
+    await drive(service, farm)
+    assert (await detail(service, filed["id"]))["status"] == "completed"
+    assert sorted(c.system for c in farm.calls) == ["crm", "shop"]
