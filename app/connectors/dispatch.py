@@ -794,6 +794,20 @@ async def _job_and_connector(session: AsyncSession, job_id: str) -> tuple[Connec
     return cj, connector
 
 
+async def _superseded_connector(session: AsyncSession, job_id: str) -> Connector:
+    """The connector of a job a re-run superseded (its callbacks are refused like a finished
+    job's, once signed); NotFound for an id that never was a job."""
+    from app.reruns.service import superseded_job
+
+    view = await superseded_job(session, job_id) if len(job_id) <= 40 else None
+    if view is None:
+        raise NotFound("no such job")
+    return await registry.get(session, view["connector_id"])
+
+
+SUPERSEDED = "this job belongs to a run that a re-run of its request superseded"
+
+
 async def _receipt(
     session: AsyncSession, connector_id: str, webhook_id: str
 ) -> CallbackReceipt | None:
@@ -835,13 +849,19 @@ async def accept_callback(
     """A connector's signed result. Checked before parsing; applied once per webhook-id."""
     now = rt.clock.now()
     async with rt.read_sessions() as session:
-        cj, connector = await _job_and_connector(session, job_id)
+        try:
+            cj, connector = await _job_and_connector(session, job_id)
+        except NotFound:
+            connector = await _superseded_connector(session, job_id)
+            cj = None
         try:
             signing.verify(
                 registry.signing_secrets(rt, connector, now=now), body=body, headers=headers
             )
         except signing.BadSignature as exc:
             raise BadCallback(str(exc)) from None
+        if cj is None:
+            raise Conflict(f"{SUPERSEDED}; the callback changes nothing")
         webhook_id = headers["webhook-id"][:200]
         receipt = await _receipt(session, connector.id, webhook_id)
         if receipt is not None:
@@ -906,11 +926,17 @@ async def accept_upload(
     covers the whole body and is checked when the stream ends; a bad one discards the file."""
     now = rt.clock.now()
     async with rt.read_sessions() as session:
-        cj, connector = await _job_and_connector(session, job_id)
+        try:
+            cj, connector = await _job_and_connector(session, job_id)
+        except NotFound:
+            connector = await _superseded_connector(session, job_id)
+            cj = None
         try:
             check = signing.StreamCheck(registry.signing_secrets(rt, connector, now=now), headers)
         except signing.BadSignature as exc:
             raise BadCallback(str(exc)) from None
+        if cj is None:
+            raise Conflict(f"{SUPERSEDED}; the upload changes nothing")
         webhook_id = headers["webhook-id"][:200]
         receipt = await _receipt(session, connector.id, webhook_id)
         if receipt is not None:

@@ -115,6 +115,29 @@ async def rerun(
     return req
 
 
+async def superseded_job(session: AsyncSession, job_id: str) -> dict[str, Any] | None:
+    """The job view (as kept in the run's history) of the connector job ``job_id``, if a
+    re-run superseded it. Its connector may still call back (a late answer to a 202, a
+    retry), and is told what any finished job's connector is told. Re-runs are rare and so
+    is this lookup (a callback for a job that is not in ``connector_job``): a search of the
+    histories' text, then an exact match in the one that names the id."""
+    pattern = '%"' + _escape_like(job_id) + '"%'
+    histories = (
+        await session.exec(
+            select(RequestRun.jobs).where(col(RequestRun.jobs).like(pattern, escape="\\"))
+        )
+    ).all()
+    for jobs in histories:
+        for view in json.loads(jobs):
+            if view.get("id") == job_id:
+                return view
+    return None
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 async def runs_view(session: AsyncSession, req: DsrRequest) -> dict[str, Any]:
     """The runs a re-run superseded, oldest first; the current run's jobs are the staff
     view's ``jobs``."""

@@ -131,3 +131,39 @@ async def test_only_a_completed_request_is_rerun(
     assert "why" in json.dumps(unknown_field)
     too_long = problem(await _rerun(service, waiting["id"], {"reason": "x" * 2001}), 422)
     assert "reason" in json.dumps(too_long)
+
+
+async def test_a_callback_for_a_job_a_rerun_superseded_is_a_signed_409(
+    service: Service, farm: ConnectorFarm, problem
+) -> None:
+    """The contract refuses callbacks for finished jobs with 409 and changes nothing; a job
+    of a superseded run is finished too (not unknown: 404 would have its connector retry)."""
+    from tests.connectors.test_callbacks import post_callback
+    from tests.fixtures.connectors import sign
+
+    await register(service, farm, "shop", answers(result("not_found")))
+    filed = await service.file_verified()
+    await drive(service, farm)
+    [old] = (await detail(service, filed["id"]))["jobs"]
+    assert (await _rerun(service, filed["id"])).status_code == 200
+    await drive(service, farm)
+    after = await detail(service, filed["id"])
+    secret = farm.secrets["shop"]
+
+    late = await post_callback(service, old["id"], result("found"), secret=secret)
+    refused = problem(late, 409)
+    assert "superseded" in refused["detail"]
+    raw = b'{"orders": []}\n'
+    upload = await service.client.put(
+        f"/v1/connector-callbacks/{old['id']}/data",
+        content=raw,
+        headers=sign(secret, raw, msg_id="msg_up") | {"content-type": "application/x-ndjson"},
+    )
+    problem(upload, 409)
+    # Unsigned, or signed with another secret: 401 as for any job; never a job: 404.
+    other = "whsec_" + "A" * 43 + "="
+    problem(await post_callback(service, old["id"], result(), secret=other), 401)
+    problem(await post_callback(service, "cjob_" + "0" * 26, result(), secret=secret), 404)
+    problem(await post_callback(service, "cjob_%", result(), secret=secret), 404)
+
+    assert await detail(service, filed["id"]) == after, "nothing changed"
