@@ -836,9 +836,10 @@ def _add_receipt(
     )
 
 
-def _duplicate(receipt: CallbackReceipt, cj: ConnectorJob) -> dict[str, Any]:
-    """A repeated webhook-id is answered as the first time, and nothing is applied."""
-    if receipt.job_id != cj.id:
+def _duplicate(receipt: CallbackReceipt, job_id: str) -> dict[str, Any]:
+    """A repeated webhook-id is answered as the first time, and nothing is applied (also
+    when a re-run has superseded the job since)."""
+    if receipt.job_id != job_id:
         raise Conflict("this webhook-id was already used for another job")
     return {**json.loads(receipt.answer), "duplicate": True}
 
@@ -860,12 +861,12 @@ async def accept_callback(
             )
         except signing.BadSignature as exc:
             raise BadCallback(str(exc)) from None
-        if cj is None:
-            raise Conflict(f"{SUPERSEDED}; the callback changes nothing")
         webhook_id = headers["webhook-id"][:200]
         receipt = await _receipt(session, connector.id, webhook_id)
         if receipt is not None:
-            return _duplicate(receipt, cj)
+            return _duplicate(receipt, job_id)
+        if cj is None:
+            raise Conflict(f"{SUPERSEDED}; the callback changes nothing")
         if cj.status in FINISHED:
             raise Conflict(f"this job is {cj.status}; the callback changes nothing")
         request_type = (await requests.get_by_id(session, cj.request_id)).type
@@ -888,7 +889,7 @@ async def accept_callback(
             receipt = await _receipt(session, connector.id, webhook_id)
             if receipt is not None:  # the same callback won a race with this one
                 results.delete(rt, prepared.file_names)
-                return _duplicate(receipt, cj)
+                return _duplicate(receipt, job_id)
             if cj.status in FINISHED:
                 raise Conflict(f"this job is {cj.status}; the callback changes nothing")
             await _apply(
@@ -935,14 +936,14 @@ async def accept_upload(
             check = signing.StreamCheck(registry.signing_secrets(rt, connector, now=now), headers)
         except signing.BadSignature as exc:
             raise BadCallback(str(exc)) from None
-        if cj is None:
-            raise Conflict(f"{SUPERSEDED}; the upload changes nothing")
         webhook_id = headers["webhook-id"][:200]
         receipt = await _receipt(session, connector.id, webhook_id)
         if receipt is not None:
             # Answered as the first time, but only once the body proves it is the same.
             await _read_signed(chunks, check, limit=rt.settings.upload_max_bytes)
-            return _duplicate(receipt, cj)
+            return _duplicate(receipt, job_id)
+        if cj is None:
+            raise Conflict(f"{SUPERSEDED}; the upload changes nothing")
         if cj.status in FINISHED:
             raise Conflict(f"this job is {cj.status}; the upload changes nothing")
     media = content_type.split(";")[0].strip().lower()
@@ -964,7 +965,7 @@ async def accept_upload(
             receipt = await _receipt(session, connector.id, webhook_id)
             if receipt is not None:
                 temporary.unlink(missing_ok=True)
-                return _duplicate(receipt, cj)
+                return _duplicate(receipt, job_id)
             if cj.status in FINISHED:
                 raise Conflict(f"this job is {cj.status}; the upload changes nothing")
             results.publish(rt, temporary, name)

@@ -137,27 +137,36 @@ async def test_a_callback_for_a_job_a_rerun_superseded_is_a_signed_409(
     service: Service, farm: ConnectorFarm, problem
 ) -> None:
     """The contract refuses callbacks for finished jobs with 409 and changes nothing; a job
-    of a superseded run is finished too (not unknown: 404 would have its connector retry)."""
+    of a superseded run is finished too (not unknown: 404 would have its connector retry).
+    A repeated webhook-id is still answered as the first time."""
     from tests.connectors.test_callbacks import post_callback
     from tests.fixtures.connectors import sign
 
-    await register(service, farm, "shop", answers(result("not_found")))
+    await register(service, farm, "shop", silent())  # answers 202: the result comes by callback
     filed = await service.file_verified()
     await drive(service, farm)
     [old] = (await detail(service, filed["id"]))["jobs"]
+    secret = farm.secrets["shop"]
+    first = await post_callback(service, old["id"], result("not_found"), secret=secret, msg_id="m1")
+    assert first.status_code == 200, first.text
+    await drive(service, farm)
+    assert (await detail(service, filed["id"]))["status"] == "completed"
     assert (await _rerun(service, filed["id"])).status_code == 200
     await drive(service, farm)
     after = await detail(service, filed["id"])
-    secret = farm.secrets["shop"]
+    assert [j["id"] for j in after["jobs"]] != [old["id"]]
 
-    late = await post_callback(service, old["id"], result("found"), secret=secret)
+    late = await post_callback(service, old["id"], result("found"), secret=secret, msg_id="m2")
     refused = problem(late, 409)
     assert "superseded" in refused["detail"]
+    again = await post_callback(service, old["id"], result("not_found"), secret=secret, msg_id="m1")
+    assert again.status_code == 200, again.text
+    assert again.json() == {**first.json(), "duplicate": True}
     raw = b'{"orders": []}\n'
     upload = await service.client.put(
         f"/v1/connector-callbacks/{old['id']}/data",
         content=raw,
-        headers=sign(secret, raw, msg_id="msg_up") | {"content-type": "application/x-ndjson"},
+        headers=sign(secret, raw, msg_id="m3") | {"content-type": "application/x-ndjson"},
     )
     problem(upload, 409)
     # Unsigned, or signed with another secret: 401 as for any job; never a job: 404.
