@@ -28,6 +28,12 @@ log = logging.getLogger("dsr.jobs")
 
 
 FAIL_LOST_EVERY = 5.0  # seconds
+# After a claim that emptied the queue, the next one waits this long, so that the work queued
+# meanwhile (the e-mails of a stream of intakes, the calls of a fan-out) is claimed by one
+# statement and its handlers' steps batch (``app.jobs.batching``). Without it a worker fed
+# one job at a time claimed, read and committed once per job: at 450 intakes/s its e-mail
+# delivery cost 1.6 ms of CPU per mail, 1.3 ms with it. A backlog is claimed at once.
+GATHER_SECONDS = 0.02
 
 JobContext = Runtime  # what handlers get: settings, clock, sessions, HTTP client, sealer
 
@@ -44,6 +50,7 @@ class Worker:
         concurrency: int = 4,
         lease_seconds: float = 60,
         worker_id: str | None = None,
+        gather_seconds: float = GATHER_SECONDS,
     ) -> None:
         self.ctx = ctx
         self.concurrency = max(1, concurrency)
@@ -55,6 +62,8 @@ class Worker:
         self._batches: dict[str, Any] = {}
         self.claim_batch = max(1, self.concurrency // 4)
         self._lost_checked_at: float | None = None
+        self.gather_seconds = gather_seconds
+        self._queue_emptied = False  # the last claim took fewer jobs than it had room for
 
     def _fail_lost_due(self) -> bool:
         """Whether this claim also fails the jobs lost on their last attempt: on the first
@@ -222,6 +231,8 @@ class Worker:
                         # Go on the moment a job ends or new work is queued (jobs take
                         # milliseconds; a fixed sleep here capped throughput), else poll.
                         await self._pause(stop, self._wake, timeout=poll)
+                    if self._queue_emptied and self.gather_seconds > 0:
+                        await self._pause(stop, None, timeout=self.gather_seconds)
         finally:
             if tasks:
                 _, pending = await asyncio.wait(tasks, timeout=grace_seconds)
@@ -259,6 +270,7 @@ class Worker:
                 limit=free,
                 lease_seconds=self.lease_seconds,
             )
+        self._queue_emptied = len(claimed) < free
         for job in claimed:
             self._in_flight[job.id] = job
         return claimed
