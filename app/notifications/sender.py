@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import os
 import re
 import tempfile
@@ -22,9 +23,12 @@ from email.message import Message
 from email.mime.text import MIMEText
 from email.utils import formataddr, formatdate, parseaddr
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import aiosmtplib
+
+from app.jobs.batching import coalescer
 
 # Message ids become a file name and the left part of a Message-ID: keep them to safe atoms.
 _MESSAGE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
@@ -132,6 +136,10 @@ def _address(value: str) -> str:
     return formataddr((name, addr), charset="utf-8")
 
 
+# The sender is the same on every message: parsed once.
+_sender_address = functools.lru_cache(maxsize=8)(_address)
+
+
 def build_message(mail: OutgoingMail, *, mail_from: str) -> Message:
     """The MIME message: UTF-8 plain text, quoted-printable so it survives 7-bit relays.
 
@@ -140,7 +148,7 @@ def build_message(mail: OutgoingMail, *, mail_from: str) -> Message:
     a third of a busy worker's CPU; the checks it made (no line breaks, encoded non-ASCII) are
     made here."""
     message = MIMEText(mail.text, "plain", _UTF8_QP)  # type: ignore[arg-type]  # takes a Charset
-    message["From"] = _address(mail_from)
+    message["From"] = _sender_address(mail_from)
     message["To"] = _address(mail.to)
     message["Subject"] = _header("Subject", mail.subject)  # type: ignore[assignment]  # a Header is fine
     message["Date"] = formatdate(usegmt=True)
@@ -152,7 +160,6 @@ def build_message(mail: OutgoingMail, *, mail_from: str) -> Message:
 
 
 def _write_file(path: Path, data: bytes) -> None:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     # Temp file in the same directory, then rename: a reader never sees half a mail, and a
     # re-delivery replaces the file in one step. mkstemp creates it readable by us only.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
@@ -165,6 +172,44 @@ def _write_file(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _write_files(files: list[tuple[Path, bytes]]) -> list[OSError | None]:
+    """Write (and fsync) each file; one failure is that file's, not the batch's."""
+    made: set[Path] = set()
+    errors: list[OSError | None] = []
+    for path, data in files:
+        try:
+            if path.parent not in made:
+                path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                made.add(path.parent)
+            _write_file(path, data)
+        except OSError as exc:
+            errors.append(exc)
+        else:
+            errors.append(None)
+    return errors
+
+
+# The file sink's batches, one coalescer per event loop (``app.jobs.batching``).
+_FILE_BATCHES: dict[str, Any] = {}
+
+
+async def _write_mail_file(path: Path, data: bytes) -> None:
+    """Write one ``.eml`` file. The files that the worker's concurrent deliveries write in the
+    same moment go to the thread pool together: a thread hop per mail, and the GIL passed back
+    and forth with it, cost more CPU than writing and fsyncing the file (0.5 of 1.1 ms a mail
+    when a backlog of e-mails was delivered)."""
+
+    async def many(files: list[tuple[Path, bytes]]) -> list[OSError | None]:
+        return await asyncio.to_thread(_write_files, files)
+
+    async def one(file: tuple[Path, bytes]) -> OSError | None:
+        return (await many([file]))[0]
+
+    error = await coalescer(_FILE_BATCHES, "mail-files", many, one).submit((path, data))
+    if error is not None:
+        raise error
 
 
 def _reason(exc: BaseException) -> tuple[str, int | None, bool]:
@@ -207,7 +252,7 @@ async def deliver(
     if not smtp_url.strip():
         path = mail_dir / f"{mail.message_id}.eml"
         try:
-            await asyncio.to_thread(_write_file, path, bytes(message))
+            await _write_mail_file(path, bytes(message))
         except OSError as exc:
             reason, _, _ = _reason(exc)
             raise DeliveryError(f"mail file not written: {reason}") from None

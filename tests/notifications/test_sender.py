@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import stat
 from collections.abc import Iterator
@@ -159,6 +160,28 @@ async def test_unwritable_mail_dir_raises_delivery_error(tmp_path: Path) -> None
     with pytest.raises(DeliveryError) as info:
         await deliver(outgoing(), smtp_url="", mail_dir=blocker, mail_from=MAIL_FROM)
     assert RECIPIENT not in str(info.value)
+
+
+@pytest.mark.anyio
+async def test_files_written_together_fail_one_by_one(tmp_path: Path) -> None:
+    """Mails delivered in the same moment are written by one batch; a file that cannot be
+    written fails its own delivery only."""
+    (tmp_path / "out_02blocked.eml").mkdir()  # a directory where this mail's file would go
+    names = ["out_01a", "out_02blocked", "out_03c"]
+    results = await asyncio.gather(
+        *(
+            deliver(outgoing(message_id=name), smtp_url="", mail_dir=tmp_path, mail_from=MAIL_FROM)
+            for name in names
+        ),
+        return_exceptions=True,
+    )
+    assert results[0] is None
+    assert results[2] is None
+    assert isinstance(results[1], DeliveryError)
+    assert RECIPIENT not in str(results[1])
+    for name in ("out_01a", "out_03c"):
+        assert parse((tmp_path / f"{name}.eml").read_bytes())["Message-ID"] == f"<{name}@dsr>"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{name}.eml" for name in names]
 
 
 # --- SMTP ------------------------------------------------------------------------------------
