@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, bindparam
+from sqlalchemy import Table, and_, bindparam, case, or_
 from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -104,6 +104,20 @@ async def get_for_staff(
     if req is None:
         raise NotFound("no such request")
     return req
+
+
+async def read_for_staff(session: AsyncSession, request_id: str) -> tuple[DsrRequest, list[str]]:
+    """A request to show, with its duplicates (``duplicates_of``), in one Core statement: the
+    staff detail view reads both on every call, and a statement costs more in the driver and
+    SQLAlchemy (0.1-0.2 ms of CPU) than in the database. The request is for reading only: it
+    is not attached to the session (changes go through ``get_for_staff``)."""
+    if len(request_id) > 40:
+        raise NotFound("no such request")
+    conn = await session.connection()
+    rows = (await conn.execute(_WITH_DUPLICATES, {"request_id": request_id})).all()
+    if not rows or rows[0].id != request_id:
+        raise NotFound("no such request")
+    return DsrRequest.model_construct(**rows[0]._mapping), [row.id for row in rows[1:]]
 
 
 # --- the deadline ---------------------------------------------------------------------------
@@ -943,20 +957,45 @@ async def open_due_by(session: AsyncSession, *, horizon: date) -> list[DsrReques
     return list(rows.all())
 
 
+DUPLICATES_SHOWN = 20
+
+
 async def duplicates_of(session: AsyncSession, req: DsrRequest) -> list[str]:
-    """Other open requests of the same person (by keyed hash of the e-mail). A Core query
-    built once: the staff detail view runs it on every call."""
+    """Other open requests of the same person (by keyed hash of the e-mail), oldest first. A
+    Core query built once."""
     conn = await session.connection()
     result = await conn.execute(_DUPLICATES, {"email_index": req.email_index, "request_id": req.id})
     return list(result.scalars().all())
 
 
+_R = REQUEST_TABLE.c
+_OPEN_STATUSES = [status.value for status in OPEN]
 _DUPLICATES = (
-    sa_select(REQUEST_TABLE.c.id)
+    sa_select(_R.id)
     .where(
-        REQUEST_TABLE.c.email_index == bindparam("email_index"),
-        REQUEST_TABLE.c.id != bindparam("request_id"),
-        REQUEST_TABLE.c.status.in_([status.value for status in OPEN]),
+        _R.email_index == bindparam("email_index"),
+        _R.id != bindparam("request_id"),
+        _R.status.in_(_OPEN_STATUSES),
     )
-    .limit(20)
+    .order_by(_R.id)
+    .limit(DUPLICATES_SHOWN)
+)
+# The request's row first, then its duplicates' rows (a person rarely has more than one open
+# request: the extra columns cost nothing).
+_WITH_DUPLICATES = (
+    sa_select(REQUEST_TABLE)
+    .where(
+        or_(
+            _R.id == bindparam("request_id"),
+            and_(
+                _R.email_index
+                == sa_select(_R.email_index)
+                .where(_R.id == bindparam("request_id"))
+                .scalar_subquery(),
+                _R.status.in_(_OPEN_STATUSES),
+            ),
+        )
+    )
+    .order_by(case((_R.id == bindparam("request_id"), 0), else_=1), _R.id)
+    .limit(DUPLICATES_SHOWN + 1)
 )

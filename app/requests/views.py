@@ -98,8 +98,15 @@ def list_item(rt: Runtime, req: DsrRequest, now: datetime) -> dict[str, Any]:
 
 
 async def staff_view(
-    session: AsyncSession, rt: Runtime, req: DsrRequest, now: datetime
+    session: AsyncSession,
+    rt: Runtime,
+    req: DsrRequest,
+    now: datetime,
+    *,
+    duplicates: list[str] | None = None,
 ) -> dict[str, Any]:
+    """The staff detail view. ``duplicates``: when the caller read them with the request
+    (``service.read_for_staff``)."""
     content = service.content_of(rt, req)
     deadline = service.deadline_of(rt, req, now=now)
     regime = get_regime(req.jurisdiction)
@@ -166,7 +173,9 @@ async def staff_view(
         "rejection_reason": req.rejection_reason,
         "rejection_detail": req.rejection_detail,
         "closed_at": req.closed_at,
-        "duplicates": await service.duplicates_of(session, req),
+        "duplicates": await service.duplicates_of(session, req)
+        if duplicates is None
+        else duplicates,
         "export": exports.view(package),
         "outcomes": _in_words(rt, req, pairs),
         "jobs": [connectors.job_view(job, connector) for job, connector in pairs],

@@ -162,8 +162,8 @@ async def get_request(
 ) -> dict:
     """Everything about a request: subject, verification, the deadline and how it was
     reached, jobs and the audit trail."""
-    req = await service.get_for_staff(session, request_id)
-    return await views.staff_view(session, rt, req, now)
+    req, duplicates = await service.read_for_staff(session, request_id)
+    return await views.staff_view(session, rt, req, now, duplicates=duplicates)
 
 
 async def _act(

@@ -500,10 +500,15 @@ async def test_detail_lists_other_open_requests_of_the_same_person(service: Serv
     first = await enter(service)
     second = await enter(service, email="ANA@example.org", type="erasure")
     await enter(service, email=BOB)
+    third = await enter(service, email=" ana@EXAMPLE.org", type="objection")
 
-    assert (await detail(service, first["id"]))["duplicates"] == [second["id"]]
+    assert (await detail(service, first["id"]))["duplicates"] == [second["id"], third["id"]]
+    assert (await detail(service, third["id"]))["duplicates"] == [first["id"], second["id"]]
     assert (await act(service, second["id"], "cancel")).status_code == 200
-    assert (await detail(service, first["id"]))["duplicates"] == []
+    assert (await detail(service, first["id"]))["duplicates"] == [third["id"]]
+    # A closed request still shows the person's open ones; it is no longer one of theirs.
+    assert (await detail(service, second["id"]))["duplicates"] == [first["id"], third["id"]]
+    assert (await detail(service, third["id"]))["duplicates"] == [first["id"]]
 
 
 async def test_unknown_request_is_404(service: Service, problem: Problem) -> None:
