@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import signal
 import sys
 from collections.abc import Coroutine
@@ -14,32 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from app.config import ConfigurationError, Settings, load_settings
+from app.logs import setup_logging
 
 OPENAPI_PATH = Path("openapi/openapi.json")
-
-
-class JsonLogFormatter(logging.Formatter):
-    """One JSON object a line; handlers log ids only, never identity values."""
-
-    _skip = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message"}
-
-    def format(self, record: logging.LogRecord) -> str:
-        body = {
-            "at": self.formatTime(record),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "event": record.getMessage(),
-        }
-        body.update({k: v for k, v in record.__dict__.items() if k not in self._skip})
-        if record.exc_info:
-            body["error"] = self.formatException(record.exc_info)
-        return json.dumps(body, default=str)
-
-
-def setup_logging(level: str = "INFO") -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonLogFormatter())
-    logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
 def _settings() -> Settings:
@@ -78,15 +54,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
     setup_logging()
     upgrade(settings.database_url)
     if args.workers > 1:
-        uvicorn.run(
-            "app.main:create_app",
-            factory=True,
-            host=args.host,
-            port=args.port,
-            workers=args.workers,
-            log_level="warning",
-            access_log=False,
-        )
+        from app.serving import serve
+
+        serve(args.host, args.port, args.workers)
         return
     from app.main import create_app
 

@@ -1,0 +1,168 @@
+"""``dsr serve --workers N`` as real processes: every process gets a share of the
+connections, and the whole group stops on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.serving import has_reuse_port
+from tests.fixtures.mail import free_port
+
+pytestmark = pytest.mark.skipif(
+    not (sys.platform.startswith("linux") and has_reuse_port()),
+    reason="reads Linux's /proc; SO_REUSEPORT spreads connections on Linux",
+)
+
+CONNECTIONS = 32
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DSR_")}
+    env.update(
+        DSR_DATA_DIR=str(tmp_path / "var"),
+        DSR_DATABASE_URL=f"sqlite:///{tmp_path / 'dsr.db'}",
+        DSR_WORKER="off",
+    )
+    return env
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            # pid (comm) state ppid ...: comm may hold spaces, so split after its ')'
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+ESTABLISHED, LISTEN = "01", "0A"
+
+
+def _sockets_on(port: int, state: str) -> set[str]:
+    """The inodes of the sockets on local ``port`` in ``state`` (/proc/net/tcp's codes)."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == state:
+                inodes.add(fields[9])
+    return inodes
+
+
+def _connections_by_process(pids: list[int], port: int) -> Counter[int]:
+    served = _sockets_on(port, ESTABLISHED)
+    counts: Counter[int] = Counter()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            match = re.fullmatch(r"socket:\[(\d+)\]", target)
+            if match and match.group(1) in served:
+                counts[pid] += 1
+    return counts
+
+
+@pytest.fixture
+def two_processes(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--workers", "2"],
+        env=_env(tmp_path),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        # Both processes listen (each on a socket of its own), and the service answers.
+        while len(_sockets_on(port, LISTEN)) < 2 or not _answers(port):
+            assert process.poll() is None, process.communicate()[0]
+            assert time.monotonic() < deadline, "dsr serve --workers 2 did not start"
+            time.sleep(0.1)
+        yield process, port
+    finally:
+        if process.poll() is None:
+            for pid in _children(process.pid):  # they hold the output pipe open too
+                os.kill(pid, signal.SIGKILL)
+            process.kill()
+        process.communicate(timeout=30)
+
+
+def _answers(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def test_connections_opened_together_are_spread_over_the_processes(
+    two_processes: tuple[subprocess.Popen[str], int],
+) -> None:
+    process, port = two_processes
+    servers = _children(process.pid)
+    clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(CONNECTIONS)]
+    try:
+        for client in clients:  # a request on each: every connection has been accepted
+            client.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+        for client in clients:
+            assert client.recv(4096).startswith(b"HTTP/1.1 200")
+        counts = _connections_by_process(servers, port)
+    finally:
+        for client in clients:
+            client.close()
+    assert sum(counts.values()) == CONNECTIONS
+    # The kernel hashes each connection to a process: each gets about half. (Through one
+    # shared socket, the first process to wake accepted all 32.)
+    assert len(counts) == 2, counts
+    assert min(counts.values()) >= 4, counts
+
+
+def test_sigterm_stops_every_process(two_processes: tuple[subprocess.Popen[str], int]) -> None:
+    process, port = two_processes
+    servers = _children(process.pid)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=40)
+    assert process.returncode == 0, output
+    deadline = time.monotonic() + 10  # multiprocessing's resource tracker ends on its own
+    while any(Path(f"/proc/{pid}").exists() for pid in servers):
+        assert time.monotonic() < deadline, "a server process outlived dsr serve"
+        time.sleep(0.1)
+    assert not _answers(port)
+
+
+def test_a_taken_port_is_refused_at_once(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--workers", "2"],
+            env=_env(tmp_path),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
