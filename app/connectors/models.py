@@ -78,7 +78,8 @@ class ConnectorJob(SQLModel, table=True):
     )
 
     id: str = Field(primary_key=True, max_length=40)
-    request_id: str = Field(max_length=40, foreign_key="dsr_request.id", index=True)
+    # Indexed first by the unique constraint on (request_id, connector_id).
+    request_id: str = Field(max_length=40, foreign_key="dsr_request.id")
     connector_id: str = Field(max_length=40, foreign_key="connector.id", index=True)
     status: str = Field(default=ConnectorJobStatus.queued, max_length=20)
     attempts: int = 0  # calls made since the job was (re)queued
