@@ -118,9 +118,9 @@ async def start(rt: Runtime, job: Job, cj_id: str) -> _Call | None:
     async def one(item: StartItem) -> _Call | Exception | None:
         return await dispatch._start_call(rt, *item)
 
-    started = await coalescer(
-        rt.extras, "connectors.start", many, one, max_batch=MAX_BATCH
-    ).submit((job, cj_id))
+    started = await coalescer(rt.extras, "connectors.start", many, one, max_batch=MAX_BATCH).submit(
+        (job, cj_id)
+    )
     if isinstance(started, Exception):
         raise started  # this call's own failure after the batch committed
     return started
@@ -180,9 +180,7 @@ async def _start_many(rt: Runtime, items: list[StartItem]) -> list[_Call | Excep
         try:
             subject = subjects.get(req.id)
             if subject is None:
-                subject = subjects[req.id] = rt.sealer.open_json(
-                    req.subject_sealed, context=req.id
-                )
+                subject = subjects[req.id] = rt.sealer.open_json(req.subject_sealed, context=req.id)
             out[i] = dispatch.build_call(rt, req, items[i][1], connector, now=now, subject=subject)
         except Exception as exc:
             out[i] = exc
