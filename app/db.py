@@ -8,12 +8,13 @@ land together or not at all. Services never commit.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, MetaData, event
+from sqlalchemy import ColumnElement, DateTime, MetaData, event, literal_column
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.types import TypeDecorator
@@ -52,6 +53,19 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 
 READ_ONLY = "dsr_read_only"
+
+
+_WORD = re.compile(r"[a-z_]+")
+
+
+def constant_list(values: Iterable[str]) -> list[ColumnElement[str]]:
+    """Fixed words (statuses) as SQL literals, for ``column.in_(...)`` in a statement built
+    once: a list of bound values is an "expanding" parameter, which SQLAlchemy renders into
+    the SQL again on every execution."""
+    words = [str(value) for value in values]
+    if not all(_WORD.fullmatch(word) for word in words):
+        raise ValueError("only lowercase words are written into SQL")
+    return [literal_column(f"'{word}'") for word in words]
 
 
 def async_url(url: str) -> str:

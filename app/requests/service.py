@@ -20,7 +20,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.audit import service as audit
-from app.db import after_commit
+from app.db import after_commit, constant_list
 from app.deadlines import (
     Deadline,
     IdentityWait,
@@ -969,7 +969,7 @@ async def duplicates_of(session: AsyncSession, req: DsrRequest) -> list[str]:
 
 
 _R = REQUEST_TABLE.c
-_OPEN_STATUSES = [status.value for status in OPEN]
+_OPEN_STATUSES = constant_list(sorted(OPEN))
 _DUPLICATES = (
     sa_select(_R.id)
     .where(
