@@ -49,20 +49,17 @@ def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from app.migrate import upgrade
+    from app.serving import UVICORN_OPTIONS, serve
 
     settings = _settings()
     setup_logging()
     upgrade(settings.database_url)
     if args.workers > 1:
-        from app.serving import serve
-
         serve(args.host, args.port, args.workers)
         return
     from app.main import create_app
 
-    uvicorn.run(
-        create_app(settings), host=args.host, port=args.port, log_level="warning", access_log=False
-    )
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, **UVICORN_OPTIONS)
 
 
 def cmd_worker(args: argparse.Namespace) -> None:

@@ -660,10 +660,19 @@ class Bench:
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("DSR_")}
         env["BENCH_THIN_DATABASE_URL"] = self.db.url
-        log(f"thin reference app, uvicorn --workers {workers}, port {port}")
-        proc = Proc(
-            f"thin w{workers}",
-            [
+        if workers > 1 and self.serves_with_reuse_port():
+            # Served as ``dsr serve --workers N`` serves the service: a socket per process.
+            paths = [str(BENCH_DIR), env.get("PYTHONPATH", "")]
+            env["PYTHONPATH"] = os.pathsep.join(path for path in paths if path)
+            command = [
+                sys.executable,
+                "-c",
+                "from app.serving import serve; "
+                f"serve({HOST!r}, {port}, {workers}, app='thin_app:create_app')",
+            ]
+            how = "app.serving (a socket per process)"
+        else:
+            command = [
                 sys.executable,
                 "-m",
                 "uvicorn",
@@ -680,10 +689,10 @@ class Bench:
                 "--log-level",
                 "warning",
                 "--no-access-log",
-            ],
-            env,
-            self.workdir / f"thin-w{workers}.log",
-        )
+            ]
+            how = f"uvicorn --workers {workers}"
+        log(f"thin reference app, {how}, port {port}")
+        proc = Proc(f"thin w{workers}", command, env, self.workdir / f"thin-w{workers}.log")
         try:
             await wait_healthy(port, proc)
             return await self.measure(
@@ -695,6 +704,15 @@ class Bench:
             )
         finally:
             proc.stop()
+
+    def serves_with_reuse_port(self) -> bool:
+        """Whether the service under test has ``app.serving`` (older snapshots, run with
+        ``--app-source``, serve through uvicorn's shared socket)."""
+        try:
+            from app.serving import has_reuse_port
+        except ImportError:
+            return False
+        return has_reuse_port()
 
     def report(self) -> None:
         out = BENCH_DIR / "out"

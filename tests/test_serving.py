@@ -3,6 +3,7 @@ connections, and the whole group stops on SIGTERM."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -17,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.serving import has_reuse_port
+from app.serving import has_reuse_port, listening_socket
 from tests.fixtures.mail import free_port
 
 pytestmark = pytest.mark.skipif(
@@ -150,9 +151,11 @@ def test_sigterm_stops_every_process(two_processes: tuple[subprocess.Popen[str],
     assert not _answers(port)
 
 
-def test_a_taken_port_is_refused_at_once(tmp_path: Path) -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
+@pytest.mark.parametrize("reuse_port", [False, True])
+def test_a_taken_port_is_refused_at_once(tmp_path: Path, reuse_port: bool) -> None:
+    """Also when the holder is another reuse-port server: joining it would split its traffic
+    with a server of another version or database."""
+    with listening_socket("127.0.0.1", 0, reuse_port=reuse_port) as taken:
         taken.listen()
         port = taken.getsockname()[1]
         result = subprocess.run(
@@ -166,3 +169,57 @@ def test_a_taken_port_is_refused_at_once(tmp_path: Path) -> None:
         )
     assert result.returncode != 0
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+def test_an_application_that_cannot_start_stops_the_server(tmp_path: Path) -> None:
+    port = free_port()
+    started = time.monotonic()
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from app.serving import serve; "
+            f"serve('127.0.0.1', {port}, 2, app='tests.fixtures.broken_app:create_app')",
+        ],
+        env={**_env(tmp_path), "PYTHONPATH": str(Path(__file__).parent.parent)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "a server process failed to start" in result.stderr
+    assert time.monotonic() - started < 30  # not restarted over and over
+
+
+def test_a_server_process_that_dies_is_replaced(
+    two_processes: tuple[subprocess.Popen[str], int],
+) -> None:
+    process, port = two_processes
+    listening = _sockets_on(port, LISTEN)
+    victim = next(pid for pid in _children(process.pid) if _listens(pid, listening))
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while True:  # a new process in its place, listening beside the one that stayed
+        servers = [
+            pid for pid in _children(process.pid) if _listens(pid, _sockets_on(port, LISTEN))
+        ]
+        if len(servers) == 2 and victim not in servers:
+            break
+        assert process.poll() is None, "the supervisor stopped"
+        assert time.monotonic() < deadline, "no process replaced the one that died"
+        time.sleep(0.1)
+    assert _answers(port)
+
+
+def _listens(pid: int, inodes: set[str]) -> bool:
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            if os.readlink(fd).removeprefix("socket:[").removesuffix("]") in inodes:
+                return True
+    return False

@@ -487,15 +487,12 @@ async def test_running_worker_picks_up_new_jobs_and_stops_on_request(
     assert sorted(ran) == sorted(ids)
 
 
-@pytest.mark.parametrize("gather_seconds", [0.2, 0.0])
 async def test_jobs_queued_one_at_a_time_are_claimed_together(
-    runtime: Runtime,
-    register: Callable[..., None],
-    monkeypatch: pytest.MonkeyPatch,
-    gather_seconds: float,
+    runtime: Runtime, register: Callable[..., None], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A stream of single jobs (each intake queues its e-mail) is taken in a few claims, not
-    one claim per job: after a claim that emptied the queue, the worker gathers a moment."""
+    one claim per job: after a claim that emptied the queue, the worker gathers a moment.
+    (Without it, each of these jobs woke the worker and was claimed alone.)"""
     claims: list[int] = []
     claim_due_jobs = jobs.claim_due_jobs
 
@@ -511,8 +508,8 @@ async def test_jobs_queued_one_at_a_time_are_claimed_together(
     monkeypatch.setattr(jobs, "claim_due_jobs", counted)
     register(KIND, handle)
     stop = asyncio.Event()
-    worker = Worker(runtime, concurrency=32, gather_seconds=gather_seconds)
-    task = asyncio.create_task(worker.run(stop, grace_seconds=2))
+    # A long gather, so that a slow machine still queues all twelve within one or two.
+    task = asyncio.create_task(Worker(runtime, concurrency=32, gather_seconds=1.0).run(stop))
     try:
         await asyncio.sleep(0.1)  # idle: its first claim found nothing
         for _ in range(12):
@@ -527,10 +524,7 @@ async def test_jobs_queued_one_at_a_time_are_claimed_together(
         stop.set()
         await asyncio.wait_for(task, timeout=5)
     assert sum(claims) == 12
-    if gather_seconds:
-        assert len(claims) <= 3, claims
-    else:  # each job woke the worker and was claimed (nearly) alone
-        assert len(claims) > 3, claims
+    assert len(claims) <= 2, claims
 
 
 async def test_shutdown_waits_for_an_in_flight_job_within_the_grace_period(

@@ -14,6 +14,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from app.notifications import sender
 from app.notifications.sender import (
     DeliveryError,
     OutgoingMail,
@@ -168,6 +169,7 @@ async def test_files_written_together_fail_one_by_one(tmp_path: Path) -> None:
     written fails its own delivery only."""
     (tmp_path / "out_02blocked.eml").mkdir()  # a directory where this mail's file would go
     names = ["out_01a", "out_02blocked", "out_03c"]
+    sender._FILE_BATCHES.clear()  # this test's event loop gets a coalescer of its own
     results = await asyncio.gather(
         *(
             deliver(outgoing(message_id=name), smtp_url="", mail_dir=tmp_path, mail_from=MAIL_FROM)
@@ -182,6 +184,8 @@ async def test_files_written_together_fail_one_by_one(tmp_path: Path) -> None:
     for name in ("out_01a", "out_03c"):
         assert parse((tmp_path / f"{name}.eml").read_bytes())["Message-ID"] == f"<{name}@dsr>"
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{name}.eml" for name in names]
+    _, batches = sender._FILE_BATCHES["coalescer:mail-files"]
+    assert batches.batches == 1  # one thread hop for the three
 
 
 # --- SMTP ------------------------------------------------------------------------------------
