@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
 import socket
 import sys
@@ -58,12 +59,26 @@ def listening_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket
     return sock
 
 
-def _serve_one(app: str, host: str, port: int, log_level: str) -> None:
+def _end_with_parent(parent: int) -> None:
+    """SIGTERM this process when the supervisor dies (Linux): a supervisor killed with
+    SIGKILL would otherwise leave its servers holding the port, and the next ``dsr serve``
+    could not start."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before the request was made
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _serve_one(app: str, host: str, port: int, log_level: str, parent: int) -> None:
     """One server process: its own socket in the port's reuse-port group. Exits with
     ``START_FAILED`` when it never served (the application's start-up failed, or the
     process before it)."""
     server: uvicorn.Server | None = None
     try:
+        _end_with_parent(parent)
         setup_logging(log_level)
         sock = listening_socket(host, port, reuse_port=True)
         config = uvicorn.Config(app, factory=True, host=host, port=port, **UVICORN_OPTIONS)
@@ -115,7 +130,7 @@ class Supervisor:
     def _process(self) -> BaseProcess:
         process = self._context.Process(
             target=_serve_one,
-            args=(self.app, self.host, self.port, self.log_level),
+            args=(self.app, self.host, self.port, self.log_level, os.getpid()),
             name="dsr serve",
         )
         process.start()

@@ -151,6 +151,21 @@ def test_sigterm_stops_every_process(two_processes: tuple[subprocess.Popen[str],
     assert not _answers(port)
 
 
+def test_the_servers_end_with_a_killed_supervisor(
+    two_processes: tuple[subprocess.Popen[str], int],
+) -> None:
+    """A supervisor killed with SIGKILL takes its servers with it: left running, they would
+    hold the port and the next ``dsr serve`` could not start."""
+    process, port = two_processes
+    servers = _children(process.pid)
+    process.kill()
+    process.communicate(timeout=30)  # the servers held its output pipe: they have exited
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() for pid in servers) or _sockets_on(port, LISTEN):
+        assert time.monotonic() < deadline, "a server process outlived its supervisor"
+        time.sleep(0.1)
+
+
 @pytest.mark.parametrize("reuse_port", [False, True])
 def test_a_taken_port_is_refused_at_once(tmp_path: Path, reuse_port: bool) -> None:
     """Also when the holder is another reuse-port server: joining it would split its traffic
