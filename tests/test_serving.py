@@ -82,6 +82,18 @@ def _connections_by_process(pids: list[int], port: int) -> Counter[int]:
     return counts
 
 
+def _run(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args],
+        env={**_env(tmp_path), **env},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 @pytest.fixture
 def two_processes(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
     port = free_port()
@@ -173,15 +185,7 @@ def test_a_taken_port_is_refused_at_once(tmp_path: Path, reuse_port: bool) -> No
     with listening_socket("127.0.0.1", 0, reuse_port=reuse_port) as taken:
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run(
-            [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--workers", "2"],
-            env=_env(tmp_path),
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = _run(["-m", "app.cli", "serve", "--port", str(port), "--workers", "2"], tmp_path)
     assert result.returncode != 0
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
 
@@ -189,20 +193,11 @@ def test_a_taken_port_is_refused_at_once(tmp_path: Path, reuse_port: bool) -> No
 def test_an_application_that_cannot_start_stops_the_server(tmp_path: Path) -> None:
     port = free_port()
     started = time.monotonic()
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from app.serving import serve; "
-            f"serve('127.0.0.1', {port}, 2, app='tests.fixtures.broken_app:create_app')",
-        ],
-        env={**_env(tmp_path), "PYTHONPATH": str(Path(__file__).parent.parent)},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    serve = (
+        "from app.serving import serve; "
+        f"serve('127.0.0.1', {port}, 2, app='tests.fixtures.broken_app:create_app')"
     )
+    result = _run(["-c", serve], tmp_path, PYTHONPATH=str(Path(__file__).parent.parent))
     assert result.returncode != 0
     assert "a server process failed to start" in result.stderr
     assert time.monotonic() - started < 30  # not restarted over and over

@@ -126,6 +126,10 @@ async def wait_until(predicate: Callable[[], Awaitable[bool]], *, timeout: float
         await asyncio.sleep(0.02)
 
 
+async def all_succeeded(rt: Runtime) -> bool:
+    return all(j.status == JobStatus.succeeded for j in await rows(rt))
+
+
 def at(value: datetime | None) -> datetime:
     assert value is not None
     return utc(value)
@@ -477,10 +481,7 @@ async def test_running_worker_picks_up_new_jobs_and_stops_on_request(
         await asyncio.sleep(0.1)  # idle, polling
         ids = await add_many(runtime, 10)
 
-        async def all_done() -> bool:
-            return all(j.status == JobStatus.succeeded for j in await rows(runtime))
-
-        await wait_until(all_done)
+        await wait_until(functools.partial(all_succeeded, runtime))
     finally:
         stop.set()
         await asyncio.wait_for(task, timeout=5)
@@ -516,10 +517,7 @@ async def test_jobs_queued_one_at_a_time_are_claimed_together(
             await add(runtime)
             await asyncio.sleep(0.005)
 
-        async def all_done() -> bool:
-            return all(j.status == JobStatus.succeeded for j in await rows(runtime))
-
-        await wait_until(all_done)
+        await wait_until(functools.partial(all_succeeded, runtime))
     finally:
         stop.set()
         await asyncio.wait_for(task, timeout=5)
