@@ -46,13 +46,9 @@ async def get_session(rt: RuntimeDep) -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 
-async def get_read_session(rt: RuntimeDep) -> AsyncIterator[AsyncSession]:
-    """A session for routes that only read: nothing to commit."""
-    async with rt.read_sessions() as session:
-        yield session
-
-
-ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session, scope="function")]
+# Routes that only read open ``rt.read_sessions()`` in their body (nothing to commit) rather
+# than take a session dependency: FastAPI's machinery for a dependency that yields (an exit
+# stack, a shielded context manager) cost about 8% of the staff detail view's CPU.
 
 
 async def get_now(rt: RuntimeDep) -> datetime:

@@ -256,6 +256,46 @@ class LockSampler:
         return {"waiting": top(self.waiting), "blocked_by": top(self.blockers)}
 
 
+class CpuTimeline:
+    """CPU snapshots every ``interval`` s during a phase, so that the CPU split can be read
+    over the window that matters (first -> last connector call) rather than the whole
+    backlog, whose fan-out and settling phases use the processes differently."""
+
+    def __init__(self, groups: dict[str, int], database: str, interval: float = 0.25) -> None:
+        self.groups, self.database, self.interval = groups, database, interval
+        self.points: list[tuple[float, dict[str, Any]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> CpuTimeline:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        from intake import cpu_snapshot
+
+        while True:
+            self.points.append((time.monotonic(), cpu_snapshot(self.groups, self.database)))
+            await asyncio.sleep(self.interval)
+
+    def share(self, start: float, end: float) -> tuple[dict[str, int], float] | None:
+        """CPU shares between the last snapshot at or before ``start`` and the first at or
+        after ``end`` (so the window covers the span), and that window's length."""
+        from intake import cpu_share
+
+        before = [p for p in self.points if p[0] <= start]
+        after = [p for p in self.points if p[0] >= end]
+        if not before or not after:
+            return None
+        (t0, s0), (t1, s1) = before[-1], after[0]
+        return cpu_share(s0, s1, t1 - t0), t1 - t0
+
+
 class FanoutBench:
     def __init__(self, args: argparse.Namespace) -> None:
         from intake import Database
@@ -761,7 +801,8 @@ class FanoutBench:
             before = cpu_snapshot(groups, self.db.name)
             t_done = t_idle = None
             locks = LockSampler(self.db.url, self.db.name)
-            async with PgWaitSampler(self.db) as sampler, locks:
+            timeline = CpuTimeline(groups, self.db.name)
+            async with PgWaitSampler(self.db) as sampler, locks, timeline:
                 t0 = time.monotonic()
                 for worker in workers:
                     os.kill(worker.pid, signal.SIGCONT)
@@ -810,6 +851,7 @@ class FanoutBench:
             if len(arrivals) != expected:
                 raise PhaseError(f"(b) expected {expected} calls, got {len(arrivals)}")
             span = arrivals[-1] - arrivals[0]
+            in_window = timeline.share(arrivals[0], arrivals[-1])
             # From the workers' INFO lines (none when the service logs them at debug level).
             jobs_done = [w.logfile.read_bytes().count(b'"jobs.succeeded"') for w in workers]
             problems = worker_problems(workers)
@@ -838,6 +880,8 @@ class FanoutBench:
             "worker_errors_and_warnings": problems,
             "cpu_pct_of_one_core": cpu_share(before, after, t_idle - t0),
             "cpu_ms_per_call": cpu_ms_per_call(before, after, len(arrivals)),
+            "cpu_pct_first_to_last_call": in_window[0] if in_window else None,
+            "cpu_window_s": round(in_window[1], 3) if in_window else None,
             "pg_connections": sampler.summary(),
             "pg_lock_waits": locks.summary(),
             "pg_commits_per_call": round(sampler.commits / len(arrivals), 2),
@@ -853,6 +897,11 @@ class FanoutBench:
             + (f"; jobs per worker {jobs_done}" if any(jobs_done) else "")
         )
         log(f"  CPU {run['cpu_pct_of_one_core']}")
+        if in_window:
+            log(
+                f"  CPU first -> last call ({run['cpu_window_s']} s around the "
+                f"{run['first_to_last_call_s']} s of calls) {run['cpu_pct_first_to_last_call']}"
+            )
         log(f"  CPU ms per call (thaw -> queue empty, whole backlog) {run['cpu_ms_per_call']}")
         if problems:
             log(f"  worker errors/warnings ({len(problems)} shown): {problems}")

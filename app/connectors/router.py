@@ -18,7 +18,7 @@ from app.connectors.schemas import (
     ConnectorPatch,
     UploadAccepted,
 )
-from app.deps import Now, ReadSessionDep, RuntimeDep, SessionDep
+from app.deps import Now, RuntimeDep, SessionDep
 from app.errors import Unauthorized
 from app.security.staff import StaffPrincipal, require_scopes
 
@@ -54,15 +54,17 @@ async def create_connector(
 
 @registry_router.get("", response_model=ConnectorList, responses=STAFF_ERRORS)
 async def list_connectors(
-    staff: Admin, session: ReadSessionDep, now: Now, include_deleted: bool = False
+    staff: Admin, rt: RuntimeDep, now: Now, include_deleted: bool = False
 ) -> dict:
-    connectors = await registry.list_all(session, include_deleted=include_deleted)
+    async with rt.read_sessions() as session:
+        connectors = await registry.list_all(session, include_deleted=include_deleted)
     return {"items": [registry.view(c, now=now) for c in connectors]}
 
 
 @registry_router.get("/{connector_id}", response_model=ConnectorOut, responses=STAFF_ERRORS)
-async def get_connector(connector_id: str, staff: Admin, session: ReadSessionDep, now: Now) -> dict:
-    return registry.view(await registry.get(session, connector_id), now=now)
+async def get_connector(connector_id: str, staff: Admin, rt: RuntimeDep, now: Now) -> dict:
+    async with rt.read_sessions() as session:
+        return registry.view(await registry.get(session, connector_id), now=now)
 
 
 @registry_router.patch("/{connector_id}", response_model=ConnectorOut, responses=STAFF_ERRORS)

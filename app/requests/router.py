@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Request, UploadFile
 from sqlalchemy.exc import IntegrityError
 
-from app.deps import Now, ReadSessionDep, RuntimeDep, SessionDep, StatusToken
+from app.deps import Now, RuntimeDep, SessionDep, StatusToken
 from app.errors import Conflict
 from app.identity import service as identity
 from app.requests import service, views
@@ -77,12 +77,11 @@ def _bearer(header: str | None) -> str | None:
 
 
 @router.get("/{request_id}", response_model=SubjectView, responses=ERRORS)
-async def get_request(
-    request_id: str, token: StatusToken, rt: RuntimeDep, session: ReadSessionDep
-) -> dict:
+async def get_request(request_id: str, token: StatusToken, rt: RuntimeDep) -> dict:
     """The request's status, deadline and answer, as the subject sees it."""
-    req = await service.get_for_subject(session, request_id=request_id, token=token)
-    return await views.subject_view(session, rt, req)
+    async with rt.read_sessions() as session:
+        req = await service.get_for_subject(session, request_id=request_id, token=token)
+        return await views.subject_view(session, rt, req)
 
 
 @router.post("/{request_id}/verification", response_model=SubjectView, responses=ERRORS)
