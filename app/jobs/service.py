@@ -204,15 +204,24 @@ async def extend_leases(
     now: datetime,
     lease_seconds: float,
 ) -> None:
+    """The heartbeat: push the leases of ``worker_id``'s running jobs forward. The rows are
+    locked in id order first, the order every multi-row write of jobs uses (``finish_many``),
+    so a heartbeat and a batch of finishes cannot deadlock on each other."""
     if not job_ids:
         return
-    await session.exec(
-        update(Job)
+    mine = (
+        select(Job.id)
         .where(
             col(Job.id).in_(job_ids),
             col(Job.lease_owner) == worker_id,
             col(Job.status) == JobStatus.running,
         )
+        .order_by(col(Job.id))
+        .with_for_update()
+    )
+    await session.exec(
+        update(Job)
+        .where(col(Job.id).in_(mine.scalar_subquery()))
         .values(lease_expires_at=now + timedelta(seconds=lease_seconds), updated_at=now)
     )
 
@@ -288,7 +297,9 @@ _FINISH_MANY = (
 
 async def finish_many(session: AsyncSession, finished: list[Job], *, now: datetime) -> None:
     """``finish`` for many jobs of one unit of work (a coalesced batch of handlers): one
-    prepared statement run for every job, each still checked against its own lease."""
+    prepared statement run for every job, each still checked against its own lease. In id
+    order, as the heartbeat locks them (``extend_leases``): in any other order, the two could
+    each hold a row the other waits for."""
     if not finished:
         return
     connection = await session.connection()
@@ -296,7 +307,7 @@ async def finish_many(session: AsyncSession, finished: list[Job], *, now: dateti
         _FINISH_MANY,
         [
             {"b_id": j.id, "b_owner": j.lease_owner or "", "b_attempts": j.attempts, "b_now": now}
-            for j in finished
+            for j in sorted(finished, key=lambda j: j.id)
         ],
     )
 

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 from sqlmodel import col, select
 
 from app.config import Settings
@@ -600,6 +601,51 @@ async def test_overlapping_claims_never_take_the_same_job(
     assert a | b == ids
     owners = Counter(j.lease_owner for j in await rows(runtime))
     assert owners == {"a": 20, "b": 30}
+
+
+async def _someone_waits_for_a_lock(rt: Runtime) -> bool:
+    async with rt.session() as session:
+        result = await session.exec(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock'"
+            )
+        )
+        return int(result.scalar_one()) > 0
+
+
+@pytest.mark.parametrize("writer", ["finish_many", "extend_leases"])
+async def test_multi_row_job_writes_lock_in_id_order(
+    runtime: Runtime, database_url: str, writer: str
+) -> None:
+    """A batch of finishes and a heartbeat write several jobs each: both take the rows in id
+    order, so neither can hold one row while waiting for another that the other holds."""
+    if "sqlite" in database_url:
+        pytest.skip("row locks are PostgreSQL's; SQLite has one writer at a time")
+    await add_many(runtime, 2)
+    low, high = sorted(await claim(runtime, "w1"), key=lambda j: j.id)
+    now = runtime.clock.now()
+
+    async def write_both() -> None:
+        async with runtime.session() as session:
+            if writer == "finish_many":
+                await jobs.finish_many(session, [high, low], now=now)
+            else:
+                await jobs.extend_leases(
+                    session, worker_id="w1", job_ids=[high.id, low.id], now=now, lease_seconds=60
+                )
+
+    async with runtime.sessions() as other, other.begin():
+        locked = select(Job).with_for_update()
+        await other.exec(locked.where(col(Job.id) == low.id))
+        writing = asyncio.create_task(write_both())
+        await wait_until(lambda: _someone_waits_for_a_lock(runtime))
+        # The writer waits for the first row in id order and holds nothing yet: the other
+        # transaction takes the second row at once. (Unordered, it would hold it: deadlock.)
+        await asyncio.wait_for(other.exec(locked.where(col(Job.id) == high.id)), timeout=5)
+    await asyncio.wait_for(writing, timeout=5)
+    if writer == "finish_many":
+        assert {(await row(runtime, j.id)).status for j in (low, high)} == {JobStatus.succeeded}
 
 
 async def test_two_workers_run_each_job_exactly_once(
