@@ -18,6 +18,7 @@ from app.db import create_engine, read_session_factory, session_factory, session
 from app.kit.clock import Clock
 from app.kit.crypto import Sealer
 from app.kit.http import shared_client
+from app.kit.smtp import SmtpConnections
 from app.models import import_all_models
 
 
@@ -30,6 +31,8 @@ class Runtime:
     read_sessions: async_sessionmaker[AsyncSession]
     http: httpx.AsyncClient
     sealer: Sealer
+    # SMTP connections kept open between the worker's deliveries (``app.kit.smtp``).
+    smtp: SmtpConnections = field(default_factory=SmtpConnections)
     extras: dict[str, Any] = field(default_factory=dict)
 
     @contextlib.asynccontextmanager
@@ -39,6 +42,7 @@ class Runtime:
             yield session
 
     async def aclose(self) -> None:
+        await self.smtp.aclose()
         await self.http.aclose()
         await self.engine.dispose()
 

@@ -24,16 +24,14 @@ from email.mime.text import MIMEText
 from email.utils import formataddr, formatdate, parseaddr
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import aiosmtplib
 
 from app.jobs.batching import coalescer
+from app.kit.smtp import SmtpConnections, parse_smtp_url
 
 # Message ids become a file name and the left part of a Message-ID: keep them to safe atoms.
 _MESSAGE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
 
 
 @dataclass(frozen=True)
@@ -63,53 +61,6 @@ class DeliveryError(Exception):
         self.reason = reason
         self.permanent = permanent
         self.code = code
-
-
-@dataclass(frozen=True)
-class SmtpTarget:
-    hostname: str
-    port: int
-    use_tls: bool
-    start_tls: bool | None  # None: upgrade if the server offers STARTTLS (aiosmtplib's default)
-    username: str | None
-    password: str | None
-
-
-def parse_smtp_url(url: str) -> SmtpTarget:
-    """``smtp://[user:password@]host[:port][?starttls=true]`` or ``smtps://...``.
-
-    Raises ``ValueError`` with a message that does not repeat the URL (it may hold a password),
-    so the configuration can be checked at start and the error shown as is.
-    """
-    try:
-        parts = urlsplit(url.strip())
-        port = parts.port
-    except ValueError:
-        raise ValueError("DSR_SMTP_URL is not a valid URL") from None
-    if parts.scheme not in ("smtp", "smtps"):
-        raise ValueError("DSR_SMTP_URL must start with smtp:// or smtps://")
-    if not parts.hostname:
-        raise ValueError("DSR_SMTP_URL has no host")
-    use_tls = parts.scheme == "smtps"
-    start_tls: bool | None = None
-    flags = parse_qs(parts.query).get("starttls")
-    if flags:
-        flag = flags[-1].lower()
-        if flag not in _TRUE | _FALSE:
-            raise ValueError("DSR_SMTP_URL: starttls must be true or false")
-        start_tls = flag in _TRUE
-        if use_tls and start_tls:
-            raise ValueError("DSR_SMTP_URL: smtps:// is already TLS; starttls=true is for smtp://")
-    if use_tls:
-        start_tls = False
-    return SmtpTarget(
-        hostname=parts.hostname,
-        port=port or (465 if use_tls else 25),
-        use_tls=use_tls,
-        start_tls=start_tls,
-        username=unquote(parts.username) if parts.username else None,
-        password=unquote(parts.password) if parts.password is not None else None,
-    )
 
 
 _UTF8_QP = Charset("utf-8")
@@ -242,8 +193,11 @@ async def deliver(
     mail_dir: Path,
     mail_from: str,
     timeout: float = 15,
+    connections: SmtpConnections | None = None,
 ) -> None:
     """Send ``mail`` by SMTP, or write ``{mail_dir}/{message_id}.eml`` when no server is set.
+    With ``connections`` (the process's, ``Runtime.smtp``), over a connection kept open
+    between deliveries; without, over a connection of its own.
 
     Raises ``DeliveryError`` on any failure; safe to call again for the same mail.
     """
@@ -265,22 +219,15 @@ async def deliver(
         target = parse_smtp_url(smtp_url)
     except ValueError as exc:
         raise DeliveryError(str(exc)) from None
+    kept = connections or SmtpConnections(size=1)
     try:
-        await aiosmtplib.send(
-            message,
-            sender=mail_from,
-            recipients=[mail.to],
-            hostname=target.hostname,
-            port=target.port,
-            username=target.username,
-            password=target.password,
-            use_tls=target.use_tls,
-            start_tls=target.start_tls,
-            timeout=timeout,
-        )
+        await kept.send(target, message, sender=mail_from, recipients=[mail.to], timeout=timeout)
     except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
         # ``from None``: the original exception's text may quote the recipient.
         reason, code, permanent = _reason(exc)
         raise DeliveryError(
             f"SMTP delivery failed: {reason}", permanent=permanent, code=code
         ) from None
+    finally:
+        if connections is None:
+            await kept.aclose()

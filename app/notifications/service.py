@@ -164,6 +164,7 @@ async def deliver_message(ctx: JobContext, job: Job) -> object:
             smtp_url=settings.smtp_url,
             mail_dir=settings.mail_dir,
             mail_from=settings.mail_from,
+            connections=ctx.smtp,
         )
     except DeliveryError as exc:
         async with ctx.session() as session:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import stat
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -14,6 +14,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from app.kit.smtp import SmtpConnections
 from app.notifications import sender
 from app.notifications.sender import (
     DeliveryError,
@@ -57,11 +58,28 @@ def parse(raw: bytes) -> EmailMessage:
 
 
 class Collector:
-    """An aiosmtpd handler that keeps what it receives, or refuses recipients on demand."""
+    """An aiosmtpd handler that keeps what it receives, or refuses recipients on demand; it
+    counts the sessions (one EHLO each) and the QUITs, and can hang up after each message."""
 
     def __init__(self, *, refuse_recipients: str | None = None) -> None:
         self.envelopes: list[Envelope] = []
         self.refuse_recipients = refuse_recipients
+        self.sessions = 0
+        self.quits = 0
+        self.hang_up_after_data = False
+        self.hang_up_on_next_mail = False
+        self._carried: set[int] = set()  # sessions that carried a message already
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, name: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = name  # the hook's duty (aiosmtpd)
+        self.sessions += 1
+        return responses
+
+    async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.quits += 1
+        return "221 Bye"
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
@@ -71,8 +89,21 @@ class Collector:
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if self.hang_up_on_next_mail and id(session) in self._carried and server.transport:
+            server.transport.close()  # the client learns it only now, mid-transaction
+            return "421 closing"
+        envelope.mail_from = address
+        return "250 OK"
+
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         self.envelopes.append(envelope)
+        self._carried.add(id(session))
+        if self.hang_up_after_data and server.transport is not None:
+            # As a server does with a client that stays idle too long: after the answer.
+            asyncio.get_running_loop().call_later(0.05, server.transport.close)
         return "250 Message accepted for delivery"
 
 
@@ -220,6 +251,96 @@ async def test_smtp_redelivery_keeps_message_id(
     ids = {parse(content)["Message-ID"] for content in contents if isinstance(content, bytes)}
     assert len(contents) == 2
     assert ids == {"<out_01abc@dsr>"}
+
+
+@pytest.fixture
+async def connections() -> AsyncIterator[SmtpConnections]:
+    kept = SmtpConnections(size=3)
+    try:
+        yield kept
+    finally:
+        await kept.aclose()
+
+
+async def deliver_kept(
+    connections: SmtpConnections, url: str, tmp_path: Path, n: int, **overrides: str
+) -> None:
+    await deliver(
+        outgoing(message_id=f"out_{n:03d}", **overrides),
+        smtp_url=url,
+        mail_dir=tmp_path,
+        mail_from=MAIL_FROM,
+        connections=connections,
+    )
+
+
+@pytest.mark.anyio
+async def test_deliveries_share_kept_connections(
+    smtp_server: str, collector: Collector, connections: SmtpConnections, tmp_path: Path
+) -> None:
+    for n in range(4):
+        await deliver_kept(connections, smtp_server, tmp_path, n)
+    assert collector.sessions == 1  # one EHLO: the four mails went over one connection
+    # Concurrent deliveries: never more than ``size`` (3) connections open at once.
+    await asyncio.gather(*(deliver_kept(connections, smtp_server, tmp_path, n) for n in range(10)))
+    assert 2 <= collector.sessions <= 3
+    assert len(collector.envelopes) == 14
+    contents = [e.content for e in collector.envelopes if isinstance(e.content, bytes)]
+    assert len({parse(content)["Message-ID"] for content in contents}) == 10  # ids 000-009
+    await connections.aclose()  # shutting down: QUIT on every connection left open
+    assert collector.quits == collector.sessions
+
+
+@pytest.mark.anyio
+async def test_a_connection_the_server_closed_is_replaced(
+    smtp_server: str, collector: Collector, connections: SmtpConnections, tmp_path: Path
+) -> None:
+    collector.hang_up_after_data = True
+    for n in range(3):
+        await deliver_kept(connections, smtp_server, tmp_path, n)
+        await asyncio.sleep(0.2)  # the server has hung up by now
+    assert len(collector.envelopes) == 3
+    assert collector.sessions == 3
+
+
+@pytest.mark.anyio
+async def test_a_send_on_a_connection_found_dead_goes_again_on_a_new_one(
+    smtp_server: str, collector: Collector, connections: SmtpConnections, tmp_path: Path
+) -> None:
+    collector.hang_up_on_next_mail = True
+    for n in range(3):
+        await deliver_kept(connections, smtp_server, tmp_path, n)
+    assert len(collector.envelopes) == 3
+    assert collector.sessions == 3
+
+
+@pytest.mark.anyio
+async def test_an_idle_connection_is_not_reused_after_idle_seconds(
+    smtp_server: str, collector: Collector, tmp_path: Path
+) -> None:
+    connections = SmtpConnections(idle_seconds=0)
+    try:
+        for n in range(2):
+            await deliver_kept(connections, smtp_server, tmp_path, n)
+    finally:
+        await connections.aclose()
+    assert collector.sessions == 2
+    # The stale one is dropped without a QUIT (no round trip on a delivery's path); the other
+    # says goodbye at shutdown.
+    assert collector.quits == 1
+
+
+@pytest.mark.anyio
+async def test_a_refused_message_does_not_spoil_the_next(
+    smtp_server: str, collector: Collector, connections: SmtpConnections, tmp_path: Path
+) -> None:
+    collector.refuse_recipients = f"550 5.1.1 <{RECIPIENT}>: no such user"
+    with pytest.raises(DeliveryError) as info:
+        await deliver_kept(connections, smtp_server, tmp_path, 0)
+    assert info.value.permanent
+    collector.refuse_recipients = None
+    await deliver_kept(connections, smtp_server, tmp_path, 1)
+    assert len(collector.envelopes) == 1
 
 
 @pytest.mark.anyio
