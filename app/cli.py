@@ -93,18 +93,25 @@ def cmd_worker(args: argparse.Namespace) -> None:
     run_loop(main())
 
 
+DEFAULT_SCOPES = "requests:read requests:write audit:read"
+
+
 def cmd_token(args: argparse.Namespace) -> None:
-    from app.security.staff import mint_staff_token
+    from app.security.staff import SCOPES, mint_staff_token
 
     settings = _settings()
-    token = mint_staff_token(
-        secret=settings.staff_jwt_secret,
-        subject=args.sub,
-        scopes=args.scope.split(),
-        ttl_seconds=args.ttl,
-        issuer=settings.staff_jwt_issuer or None,
-        audience=settings.staff_jwt_audience or None,
-    )
+    try:
+        token = mint_staff_token(
+            secret=settings.staff_jwt_secret,
+            subject=args.sub,
+            # --scope may be repeated, each one a scope or several separated by spaces.
+            scopes=[scope for value in args.scope or [DEFAULT_SCOPES] for scope in value.split()],
+            ttl_seconds=args.ttl,
+            issuer=settings.staff_jwt_issuer or None,
+            audience=settings.staff_jwt_audience or None,
+        )
+    except ValueError as exc:  # an unknown scope: say which ones exist
+        raise SystemExit(f"dsr token: {exc} (known: {', '.join(sorted(SCOPES))})") from None
     print(token)
 
 
@@ -204,9 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
 
     token = sub.add_parser("token", help="mint a staff token with the local secret")
-    token.add_argument("--scope", default="requests:read requests:write audit:read")
-    token.add_argument("--sub", default="cli")
-    token.add_argument("--ttl", type=int, default=3600)
+    token.add_argument(
+        "--scope",
+        action="append",
+        help=f'scopes, space-separated or one per --scope (default "{DEFAULT_SCOPES}")',
+    )
+    token.add_argument("--sub", default="cli", help="the staff member it names (default cli)")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds it is valid (default 3600)")
     token.set_defaults(func=cmd_token)
 
     openapi = sub.add_parser("openapi", help="print the OpenAPI document")

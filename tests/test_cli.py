@@ -143,3 +143,23 @@ def test_demo_walks_a_request_through_two_sample_connectors(tmp_path: Path) -> N
     assert "connector_job.succeeded" in out
     assert '"ok": true' in out
     assert list(tmp_path.iterdir()) == [], "the demo keeps nothing"
+
+
+def test_token_scopes_may_be_repeated_or_space_separated(tmp_path: Path) -> None:
+    from jose import jwt
+
+    env = _env(tmp_path, DSR_STAFF_JWT_SECRET="s" * 40)
+    made = _dsr(
+        "token", "--scope", "requests:read", "--scope", "audit:read connectors:write",
+        env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    claims = jwt.decode(made.stdout.strip(), "s" * 40, algorithms=["HS256"])
+    assert set(claims["scope"].split()) == {"requests:read", "audit:read", "connectors:write"}
+    default = _dsr("token", env=env, cwd=tmp_path)
+    claims = jwt.decode(default.stdout.strip(), "s" * 40, algorithms=["HS256"])
+    assert set(claims["scope"].split()) == {"requests:read", "requests:write", "audit:read"}
+    unknown = _dsr("token", "--scope", "requests:reed", env=env, cwd=tmp_path)
+    assert unknown.returncode == 1
+    assert "unknown scopes: requests:reed" in unknown.stderr
+    assert "Traceback" not in unknown.stderr
