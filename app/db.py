@@ -14,9 +14,11 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, DateTime, MetaData, event, literal_column
+from sqlalchemy import ColumnElement, DateTime, MetaData, Text, event, literal_column
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -66,6 +68,27 @@ def constant_list(values: Iterable[str]) -> list[ColumnElement[str]]:
     if not all(_WORD.fullmatch(word) for word in words):
         raise ValueError("only lowercase words are written into SQL")
     return [literal_column(f"'{word}'") for word in words]
+
+
+class json_rows(FunctionElement[str]):
+    """An aggregate: the rows as one JSON array of objects, as text (NULL for no rows on
+    PostgreSQL, ``[]`` on SQLite). ``json_rows(name, column, name, column...)``, names given
+    as ``constant_list`` words. Lets a statement carry a few rows of another shape (a
+    request's audit trail beside the request) instead of costing a second statement."""
+
+    name = "json_rows"
+    inherit_cache = True
+    type = Text()
+
+
+@compiles(json_rows, "postgresql")
+def _json_rows_postgresql(element: json_rows, compiler: Any, **kw: Any) -> str:
+    return f"CAST(json_agg(json_build_object({compiler.process(element.clauses, **kw)})) AS TEXT)"
+
+
+@compiles(json_rows, "sqlite")
+def _json_rows_sqlite(element: json_rows, compiler: Any, **kw: Any) -> str:
+    return f"json_group_array(json_object({compiler.process(element.clauses, **kw)}))"
 
 
 def async_url(url: str) -> str:

@@ -17,8 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
 
 from sqlalchemy import Table, bindparam, delete, insert, literal, null, text, union_all, update
 from sqlalchemy import select as sa_select
@@ -26,7 +26,7 @@ from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.audit.models import AuditChainHead, AuditEvent, AuditPending
-from app.db import before_commit
+from app.db import before_commit, constant_list, json_rows
 from app.kit.clock import rfc3339
 
 GENESIS = "0" * 64
@@ -234,9 +234,11 @@ async def events_for_request(session: AsyncSession, request_id: str) -> list[Any
     return list(result.all())
 
 
-def _trail_query() -> Any:
-    global _TRAIL
-    if _TRAIL is None:
+def _trail_union() -> Any:
+    """The request's linked events (``linked_later`` 0, by ``position`` = seq) and those
+    waiting to be linked (1, by pending id): two index scans, one ``UNION ALL``."""
+    global _TRAIL_UNION
+    if _TRAIL_UNION is None:
         linked = sa_select(
             literal(0).label("linked_later"),
             EVENT_TABLE.c.seq,
@@ -255,14 +257,71 @@ def _trail_query() -> Any:
             PENDING_TABLE.c.action,
             PENDING_TABLE.c.details,
         ).where(PENDING_TABLE.c.request_id == bindparam("request_id"))
-        trail = union_all(linked, waiting).subquery()
+        _TRAIL_UNION = union_all(linked, waiting)
+    return _TRAIL_UNION
+
+
+def _trail_query() -> Any:
+    global _TRAIL
+    if _TRAIL is None:
+        trail = _trail_union().subquery()
         _TRAIL = sa_select(
             trail.c.seq, trail.c.created_at, trail.c.actor, trail.c.action, trail.c.details
         ).order_by(trail.c.linked_later, trail.c.position)
     return _TRAIL
 
 
+_TRAIL_UNION: Any = None
 _TRAIL: Any = None
+
+
+class TrailEvent(NamedTuple):
+    """One event of a request's trail, as ``events_for_request`` returns them."""
+
+    seq: int | None
+    created_at: datetime
+    actor: str
+    action: str
+    details: str
+
+
+def trail_column() -> Any:
+    """The trail of the request named by the statement's ``request_id`` parameter as one
+    JSON column (``db.json_rows``): a statement that reads the request brings its trail
+    along, instead of a second statement (which cost a quarter of the staff detail view's
+    CPU). ``trail_from_column`` reads it."""
+    global _TRAIL_COLUMN
+    if _TRAIL_COLUMN is None:
+        trail = _trail_union().subquery()
+        names = constant_list(["seq", "created_at", "actor", "action", "details", "later", "pos"])
+        columns = [trail.c.seq, trail.c.created_at, trail.c.actor, trail.c.action, trail.c.details]
+        columns += [trail.c.linked_later, trail.c.position]
+        pairs = [part for pair in zip(names, columns, strict=True) for part in pair]
+        _TRAIL_COLUMN = sa_select(json_rows(*pairs)).select_from(trail).scalar_subquery()
+    return _TRAIL_COLUMN
+
+
+_TRAIL_COLUMN: Any = None
+
+
+def trail_from_column(value: str | None) -> list[TrailEvent]:
+    """``trail_column``'s value as ``events_for_request`` returns the trail: linked events by
+    sequence number, then those waiting to be linked in the order they were recorded."""
+    rows = json.loads(value) if value else []
+    rows.sort(key=lambda row: (row["later"], row["pos"]))
+    return [
+        TrailEvent(
+            row["seq"], _instant(row["created_at"]), row["actor"], row["action"], row["details"]
+        )
+        for row in rows
+    ]
+
+
+def _instant(text: str) -> datetime:
+    """A stored instant as the database wrote it in JSON: ISO 8601 with an offset
+    (PostgreSQL), or naive and in UTC (SQLite keeps no offset, see ``db.UtcDateTime``)."""
+    value = datetime.fromisoformat(text)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 async def pending_count(session: AsyncSession) -> int:

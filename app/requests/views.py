@@ -104,9 +104,10 @@ async def staff_view(
     now: datetime,
     *,
     duplicates: list[str] | None = None,
+    events: list[audit.TrailEvent] | None = None,
 ) -> dict[str, Any]:
-    """The staff detail view. ``duplicates``: when the caller read them with the request
-    (``service.read_for_staff``)."""
+    """The staff detail view. ``duplicates`` and ``events``: when the caller read them with
+    the request (``service.read_for_staff``)."""
     content = service.content_of(rt, req)
     deadline = service.deadline_of(rt, req, now=now)
     regime = get_regime(req.jurisdiction)
@@ -116,7 +117,8 @@ async def staff_view(
         if req.verification_method == "document"
         else None
     )
-    events = await audit.events_for_request(session, req.id)
+    if events is None:
+        events = await audit.events_for_request(session, req.id)
     # Connector jobs and answer packages exist only once a request has been approved; a
     # request still (or forever) short of approval has none: skip the two lookups.
     approved = req.status not in NEVER_APPROVED

@@ -162,8 +162,10 @@ async def get_request(request_id: str, staff: Reader, rt: RuntimeDep) -> dict:
     reached, jobs and the audit trail."""
     now = rt.clock.now()  # not the ``Now`` dependency: each one costs on the hottest staff read
     async with rt.read_sessions() as session:
-        req, duplicates = await service.read_for_staff(session, request_id)
-        return await views.staff_view(session, rt, req, now, duplicates=duplicates)
+        read = await service.read_for_staff(session, request_id)
+        return await views.staff_view(
+            session, rt, read.request, now, duplicates=read.duplicates, events=read.events
+        )
 
 
 async def _act(

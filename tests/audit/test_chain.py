@@ -289,6 +289,37 @@ async def test_a_staff_view_shows_events_not_yet_linked(service: Service) -> Non
     assert all(isinstance(e["seq"], int) for e in linked)
 
 
+async def test_a_staff_view_lists_linked_then_waiting_events_as_the_trail_reads_them(
+    service: Service,
+) -> None:
+    filed = await service.file_verified()
+    await stored_events(service)  # links what filing recorded
+    later = service.clock.now().replace(microsecond=123456) + timedelta(seconds=5)
+    async with service.runtime.session() as session:
+        for n in (1, 2):
+            await audit.record(
+                session,
+                actor="staff:eve",
+                action=f"test.later.{n}",
+                now=later,
+                request_id=filed["id"],
+                details={"n": n, "note": "é"},
+            )
+    view = await service.client.get(f"/v1/admin/requests/{filed['id']}", headers=staff_headers())
+    events = view.json()["events"]
+    async with service.runtime.read_sessions() as session:
+        trail = await audit.events_for_request(session, filed["id"])
+    assert [(e["seq"], e["actor"], e["action"], e["details"]) for e in events] == [
+        (t.seq, t.actor, t.action, json.loads(t.details)) for t in trail
+    ]
+    assert [e["action"] for e in events[-2:]] == ["test.later.1", "test.later.2"]
+    assert [e["seq"] for e in events[-2:]] == [None, None]
+    assert all(isinstance(e["seq"], int) for e in events[:-2])
+    assert [e["seq"] for e in events[:-2]] == sorted(e["seq"] for e in events[:-2])
+    assert events[-1]["at"] == later.strftime("%Y-%m-%dT%H:%M:%S.123456Z")
+    assert events[-1]["details"] == {"n": 2, "note": "é"}
+
+
 async def test_the_link_job_links_what_was_recorded(service: Service) -> None:
     await service.file_verified()
     await service.run_periodic()
