@@ -91,6 +91,13 @@ def _json_rows_sqlite(element: json_rows, compiler: Any, **kw: Any) -> str:
     return f"json_group_array(json_object({compiler.process(element.clauses, **kw)}))"
 
 
+async def flush_pending(session: AsyncSession) -> None:
+    """Flush the unit of work's pending changes, if it has any, before a Core statement on
+    its connection (which, unlike an ORM query, does not autoflush) reads what they touch."""
+    if session.new or session.dirty or session.deleted:
+        await session.flush()
+
+
 def async_url(url: str) -> str:
     """Map the configured URL onto the async driver of its database."""
     parsed = make_url(url)

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func
+from sqlalchemy import Table, bindparam, delete, func
+from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -22,6 +23,7 @@ from app.connectors import signing
 from app.connectors.models import Connector, ConnectorJob, ConnectorMode
 from app.connectors.schemas import ConnectorCreate, ConnectorPatch
 from app.connectors.urls import UrlRefused, check_url
+from app.db import flush_pending
 from app.errors import Conflict, InvalidInput, NotFound
 from app.kit.clock import utc
 from app.kit.ids import new_id
@@ -269,6 +271,42 @@ async def jobs_for_request(
         .order_by(col(Connector.name))
     )
     return [(job, connector) for job, connector in rows.all()]
+
+
+_JOB_TABLE: Table = ConnectorJob.__table__  # type: ignore[attr-defined]
+_CONNECTOR_TABLE: Table = Connector.__table__  # type: ignore[attr-defined]
+# The connector's columns are labelled apart: both tables have ``id`` and timestamps.
+_JOBS_TO_SHOW = (
+    sa_select(_JOB_TABLE, *(c.label(f"connector__{c.name}") for c in _CONNECTOR_TABLE.columns))
+    .join(_CONNECTOR_TABLE, _CONNECTOR_TABLE.c.id == _JOB_TABLE.c.connector_id)
+    .where(_JOB_TABLE.c.request_id == bindparam("request_id"))
+    .order_by(_CONNECTOR_TABLE.c.name)
+)
+
+
+async def jobs_to_show(
+    session: AsyncSession, request_id: str
+) -> list[tuple[ConnectorJob, Connector]]:
+    """``jobs_for_request`` for views, which only read: one statement built once, rows
+    turned into models without the session (``model_construct``), so nothing tracks them;
+    an ORM load of the two entities (and building its statement) cost more than the rest
+    of a staff detail view of an approved request. A unit of work's pending changes are
+    flushed first, as an ORM query would (views also answer writes)."""
+    await flush_pending(session)
+    conn = await session.connection()
+    rows = (await conn.execute(_JOBS_TO_SHOW, {"request_id": request_id})).all()
+    pairs = []
+    for row in rows:
+        fields = row._mapping
+        pairs.append(
+            (
+                ConnectorJob.model_construct(**{c.name: fields[c.name] for c in _JOB_TABLE.c}),
+                Connector.model_construct(
+                    **{c.name: fields[f"connector__{c.name}"] for c in _CONNECTOR_TABLE.c}
+                ),
+            )
+        )
+    return pairs
 
 
 def job_view(job: ConnectorJob, connector: Connector) -> dict[str, Any]:

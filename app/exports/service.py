@@ -23,6 +23,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Table, bindparam
+from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -30,7 +32,7 @@ from app.audit import service as audit
 from app.config import decode_key
 from app.connectors import results
 from app.connectors import service as connectors
-from app.db import after_commit
+from app.db import after_commit, flush_pending
 from app.deadlines import get_regime
 from app.errors import Conflict, Gone, InvalidTransition, NotFound
 from app.exports.assembly import SourceFile, SystemInput, build_package
@@ -108,6 +110,22 @@ async def package_for(
     if lock:
         query = query.with_for_update()
     return (await session.exec(query)).first()
+
+
+_PACKAGE_TABLE: Table = ExportPackage.__table__  # type: ignore[attr-defined]
+_PACKAGE_TO_SHOW = sa_select(_PACKAGE_TABLE).where(
+    _PACKAGE_TABLE.c.request_id == bindparam("request_id")
+)
+
+
+async def package_to_show(session: AsyncSession, request_id: str) -> ExportPackage | None:
+    """``package_for`` for views, which only read: a statement built once, the row turned
+    into a model without the session (nothing tracks it). Pending changes are flushed first,
+    as an ORM query would."""
+    await flush_pending(session)
+    conn = await session.connection()
+    row = (await conn.execute(_PACKAGE_TO_SHOW, {"request_id": request_id})).first()
+    return None if row is None else ExportPackage.model_construct(**row._mapping)
 
 
 def view(package: ExportPackage | None) -> dict[str, Any] | None:

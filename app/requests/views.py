@@ -43,7 +43,7 @@ async def outcomes_of(session: AsyncSession, rt: Runtime, req: DsrRequest) -> li
     internals: no URLs, errors or attempt counts)."""
     if req.status not in HAS_OUTCOMES:
         return []
-    return _in_words(rt, req, await connectors.jobs_for_request(session, req.id))
+    return _in_words(rt, req, await connectors.jobs_to_show(session, req.id))
 
 
 def _in_words(rt: Runtime, req: DsrRequest, pairs: list[Any]) -> list[dict[str, Any]]:
@@ -65,7 +65,7 @@ async def subject_view(session: AsyncSession, rt: Runtime, req: DsrRequest) -> d
         "extended": req.extended,
         "rejection_reason": req.rejection_reason,
         "verification": _verification(req),
-        "export": exports.view(await exports.package_for(session, req.id))
+        "export": exports.view(await exports.package_to_show(session, req.id))
         if req.type in EXPORT_TYPES
         else None,
         "outcomes": await outcomes_of(session, rt, req),
@@ -122,9 +122,9 @@ async def staff_view(
     # Connector jobs and answer packages exist only once a request has been approved; a
     # request still (or forever) short of approval has none: skip the two lookups.
     approved = req.status not in NEVER_APPROVED
-    pairs = await connectors.jobs_for_request(session, req.id) if approved else []
+    pairs = await connectors.jobs_to_show(session, req.id) if approved else []
     package = (
-        await exports.package_for(session, req.id)
+        await exports.package_to_show(session, req.id)
         if approved and req.type in EXPORT_TYPES
         else None
     )
