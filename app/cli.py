@@ -99,19 +99,22 @@ DEFAULT_SCOPES = "requests:read requests:write audit:read"
 def cmd_token(args: argparse.Namespace) -> None:
     from app.security.staff import SCOPES, mint_staff_token
 
+    # --scope may be repeated, each one a scope or several separated by spaces.
+    scopes = [scope for value in args.scope or [DEFAULT_SCOPES] for scope in value.split()]
+    known = ", ".join(sorted(SCOPES))
+    unknown = sorted(set(scopes) - SCOPES)
+    if unknown or not scopes:
+        what = f"unknown scopes: {', '.join(unknown)}" if unknown else "no scope given"
+        raise SystemExit(f"dsr token: {what} (known: {known})")
     settings = _settings()
-    try:
-        token = mint_staff_token(
-            secret=settings.staff_jwt_secret,
-            subject=args.sub,
-            # --scope may be repeated, each one a scope or several separated by spaces.
-            scopes=[scope for value in args.scope or [DEFAULT_SCOPES] for scope in value.split()],
-            ttl_seconds=args.ttl,
-            issuer=settings.staff_jwt_issuer or None,
-            audience=settings.staff_jwt_audience or None,
-        )
-    except ValueError as exc:  # an unknown scope: say which ones exist
-        raise SystemExit(f"dsr token: {exc} (known: {', '.join(sorted(SCOPES))})") from None
+    token = mint_staff_token(
+        secret=settings.staff_jwt_secret,
+        subject=args.sub,
+        scopes=scopes,
+        ttl_seconds=args.ttl,
+        issuer=settings.staff_jwt_issuer or None,
+        audience=settings.staff_jwt_audience or None,
+    )
     print(token)
 
 

@@ -163,3 +163,6 @@ def test_token_scopes_may_be_repeated_or_space_separated(tmp_path: Path) -> None
     assert unknown.returncode == 1
     assert "unknown scopes: requests:reed" in unknown.stderr
     assert "Traceback" not in unknown.stderr
+    empty = _dsr("token", "--scope", "", env=env, cwd=tmp_path)
+    assert (empty.returncode, empty.stdout) == (1, "")
+    assert "no scope given" in empty.stderr

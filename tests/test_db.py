@@ -43,4 +43,5 @@ async def test_json_rows_gathers_rows_of_another_shape_on_both_databases(service
         {"n": 1, "s": "é"},
         {"n": 2, "s": "b"},
     ]
-    assert none in (None, "[]")
+    # json_agg of no rows is NULL; SQLite's json_group_array is an empty array
+    assert none == (None if service.runtime.engine.dialect.name == "postgresql" else "[]")

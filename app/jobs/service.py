@@ -119,9 +119,19 @@ _NOW = bindparam("b_now", type_=UtcDateTime())
 _FAIL_LOST = (
     update(JOB_TABLE)
     .where(
-        J_.status == JobStatus.running,
-        J_.lease_expires_at < _NOW,
-        J_.attempts >= J_.max_attempts,
+        J_.id.in_(
+            # In id order, as every multi-row write of jobs; rows a live transaction holds
+            # (a late heartbeat) are left for the next round.
+            select(J_.id)
+            .where(
+                J_.status == JobStatus.running,
+                J_.lease_expires_at < _NOW,
+                J_.attempts >= J_.max_attempts,
+            )
+            .order_by(J_.id)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
     )
     .values(
         status=JobStatus.failed,

@@ -3,13 +3,12 @@
 A connection per mail costs a TCP handshake, EHLO, usually STARTTLS (a TLS handshake) and
 AUTH before the one message it carries; at intake rates that is most of the time spent on
 each mail, for us and for the relay. ``SmtpConnections`` keeps a few connections per server
-open and hands them to deliveries one at a time: a delivery takes an idle connection (or
-opens one, up to ``size`` per server, else waits for one), sends, and puts it back. A
-connection whose transaction failed is closed, never reused; one left idle longer than
-``idle_seconds`` is closed instead of reused (servers drop idle clients: Postfix after 300 s);
-and when a reused connection turns out to be closed by the server, the message goes once more
-on a fresh one. Errors are raised as aiosmtplib raised them: the caller turns them into
-reasons safe to log.
+open and lends them to deliveries one at a time: a delivery takes the connection used last
+(or opens one, up to ``size`` per server, else waits for one), sends, and gives it back.
+A connection whose transaction failed is closed, never reused. One idle for
+``idle_seconds`` is not reused (servers drop quiet clients: Postfix after 300 s): it is
+closed when the next delivery comes by, or at shutdown. Errors are raised as aiosmtplib
+raised them: the caller turns them into reasons safe to log.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.message import Message
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -34,7 +33,7 @@ class SmtpTarget:
     use_tls: bool
     start_tls: bool | None  # None: upgrade if the server offers STARTTLS (aiosmtplib's default)
     username: str | None
-    password: str | None
+    password: str | None = field(repr=False)  # never in a log line or a traceback
 
 
 def parse_smtp_url(url: str) -> SmtpTarget:
@@ -74,12 +73,9 @@ def parse_smtp_url(url: str) -> SmtpTarget:
     )
 
 
-# What a reused connection raises when the server closed it while it sat idle.
-_GONE = (aiosmtplib.SMTPServerDisconnected, ConnectionError)
-
-
 class _Server:
-    """The idle connections to one server and the cap on how many are open."""
+    """The idle connections to one server (most recently used last) and the cap on how
+    many are open."""
 
     def __init__(self, size: int) -> None:
         self.idle: list[tuple[aiosmtplib.SMTP, float]] = []  # (connection, idle since)
@@ -87,11 +83,21 @@ class _Server:
 
 
 class SmtpConnections:
-    """Connections kept open per SMTP server, for the deliveries of one process."""
+    """Connections kept open per SMTP server, for the deliveries of one process.
 
-    def __init__(self, *, size: int = 4, idle_seconds: float = 30) -> None:
+    ``probe_after_seconds``: a connection idle for longer is checked with a NOOP before it
+    carries a message (servers drop quiet clients; a dead one is replaced before anything
+    of the message was sent). A failure once a transaction has begun is the delivery's, never
+    sent again here: the server may have taken the message already, and the outbox decides.
+    """
+
+    def __init__(
+        self, *, size: int = 4, idle_seconds: float = 30, probe_after_seconds: float = 5
+    ) -> None:
         self.size, self.idle_seconds = size, idle_seconds
+        self.probe_after_seconds = probe_after_seconds
         self._servers: dict[SmtpTarget, _Server] = {}
+        self._closed = False
 
     async def send(
         self,
@@ -104,34 +110,39 @@ class SmtpConnections:
     ) -> None:
         server = self._servers.setdefault(target, _Server(self.size))
         async with server.slots:
-            smtp, reused = await self._take(server, target, timeout)
+            smtp = await self._take(server, target, timeout)
             try:
                 await smtp.send_message(message, sender=sender, recipients=recipients)
-            except _GONE:
-                _close(smtp)
-                if not reused:
-                    raise
-                # The server closed it while it was idle: once more, on a new connection.
-                smtp = await self._open(target, timeout)
-                try:
-                    await smtp.send_message(message, sender=sender, recipients=recipients)
-                except BaseException:
-                    _close(smtp)
-                    raise
             except BaseException:
-                _close(smtp)
+                _close(smtp)  # in an unknown state: never reused
                 raise
-            server.idle.append((smtp, time.monotonic()))
+            self._give_back(server, smtp)
 
-    async def _take(
-        self, server: _Server, target: SmtpTarget, timeout: float
-    ) -> tuple[aiosmtplib.SMTP, bool]:
+    async def _take(self, server: _Server, target: SmtpTarget, timeout: float) -> aiosmtplib.SMTP:
         while server.idle:
             smtp, since = server.idle.pop()
-            if smtp.is_connected and time.monotonic() - since < self.idle_seconds:
-                return smtp, True
+            idle_for = time.monotonic() - since
+            if not smtp.is_connected or idle_for >= self.idle_seconds:
+                _close(smtp)
+                continue
+            if idle_for >= self.probe_after_seconds:
+                try:
+                    await smtp.noop()
+                except (aiosmtplib.SMTPException, OSError, TimeoutError):
+                    _close(smtp)
+                    continue
+            return smtp
+        return await self._open(target, timeout)
+
+    def _give_back(self, server: _Server, smtp: aiosmtplib.SMTP) -> None:
+        if self._closed:  # shut down while this one was sending
             _close(smtp)
-        return await self._open(target, timeout), False
+            return
+        now = time.monotonic()
+        # The oldest come first: drop those idle too long, then keep this one.
+        while server.idle and now - server.idle[0][1] >= self.idle_seconds:
+            _close(server.idle.pop(0)[0])
+        server.idle.append((smtp, now))
 
     async def _open(self, target: SmtpTarget, timeout: float) -> aiosmtplib.SMTP:
         smtp = aiosmtplib.SMTP(
@@ -151,7 +162,9 @@ class SmtpConnections:
         return smtp
 
     async def aclose(self) -> None:
-        """Say goodbye (QUIT) on every idle connection; the process is shutting down."""
+        """Say goodbye (QUIT) on every idle connection; the process is shutting down (a
+        connection still sending is closed when it comes back)."""
+        self._closed = True
         servers, self._servers = list(self._servers.values()), {}
         for server in servers:
             idle, server.idle = server.idle, []

@@ -1002,10 +1002,12 @@ _DUPLICATES = (
     .limit(DUPLICATES_SHOWN)
 )
 # The request's row first, then its duplicates' rows (a person rarely has more than one open
-# request: the extra columns cost nothing), each with the request's trail (an uncorrelated
-# subquery: computed once).
+# request: the extra columns cost nothing); the request's row also carries its trail.
 _WITH_DUPLICATES = (
-    sa_select(REQUEST_TABLE, audit.trail_column().label("trail"))
+    sa_select(
+        REQUEST_TABLE,
+        case((_R.id == bindparam("request_id"), audit.trail_column()), else_=None).label("trail"),
+    )
     .where(
         or_(
             _R.id == bindparam("request_id"),

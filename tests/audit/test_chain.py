@@ -18,6 +18,7 @@ from sqlmodel import col, select
 from app import cli
 from app.audit import service as audit
 from app.audit.models import AuditEvent
+from app.requests import service as requests_service
 from tests.conftest import Service, bearer
 from tests.staff import EMAIL, act, enter, staff_headers
 
@@ -318,6 +319,14 @@ async def test_a_staff_view_lists_linked_then_waiting_events_as_the_trail_reads_
     assert [e["seq"] for e in events[:-2]] == sorted(e["seq"] for e in events[:-2])
     assert events[-1]["at"] == later.strftime("%Y-%m-%dT%H:%M:%S.123456Z")
     assert events[-1]["details"] == {"n": 2, "note": "é"}
+    if service.runtime.engine.dialect.name == "postgresql":
+        # PostgreSQL writes instants into JSON in the session's time zone: read back as UTC.
+        async with service.runtime.session() as session:
+            await session.exec(text("SET LOCAL TIME ZONE 'Asia/Kolkata'"))  # +05:30
+            read = await requests_service.read_for_staff(session, filed["id"])
+        assert [e.created_at for e in read.events] == [t.created_at for t in trail]
+        assert read.events[-1].created_at == later
+        assert {e.created_at.utcoffset() for e in read.events} == {timedelta(0)}
 
 
 async def test_the_link_job_links_what_was_recorded(service: Service) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import stat
+import threading
 from collections.abc import AsyncIterator, Iterator
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -67,8 +68,10 @@ class Collector:
         self.sessions = 0
         self.quits = 0
         self.hang_up_after_data = False
-        self.hang_up_on_next_mail = False
+        # "MAIL" or "NOOP": hang up when a session that carried a message sends that command
+        self.hang_up_on: str | None = None
         self._carried: set[int] = set()  # sessions that carried a message already
+        self.slow_data: threading.Event | None = None  # set when a DATA starts, then 2 s
 
     async def handle_EHLO(
         self, server: SMTP, session: Session, envelope: Envelope, name: str, responses: list[str]
@@ -89,16 +92,27 @@ class Collector:
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
+    def _hangs_up(self, command: str, server: SMTP, session: Session) -> bool:
+        if self.hang_up_on == command and id(session) in self._carried and server.transport:
+            server.transport.close()  # the client learns it only now
+            return True
+        return False
+
+    async def handle_NOOP(self, server: SMTP, session: Session, envelope: Envelope, _: str) -> str:
+        return "421 closing" if self._hangs_up("NOOP", server, session) else "250 OK"
+
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
-        if self.hang_up_on_next_mail and id(session) in self._carried and server.transport:
-            server.transport.close()  # the client learns it only now, mid-transaction
+        if self._hangs_up("MAIL", server, session):
             return "421 closing"
         envelope.mail_from = address
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.slow_data is not None:
+            self.slow_data.set()
+            await asyncio.sleep(2)
         self.envelopes.append(envelope)
         self._carried.add(id(session))
         if self.hang_up_after_data and server.transport is not None:
@@ -304,14 +318,55 @@ async def test_a_connection_the_server_closed_is_replaced(
 
 
 @pytest.mark.anyio
-async def test_a_send_on_a_connection_found_dead_goes_again_on_a_new_one(
+async def test_a_long_idle_connection_is_checked_before_it_carries_a_message(
+    smtp_server: str, collector: Collector, tmp_path: Path
+) -> None:
+    collector.hang_up_on = "NOOP"  # as a server that dropped the idle client meanwhile
+    connections = SmtpConnections(probe_after_seconds=0)
+    try:
+        for n in range(3):
+            await deliver_kept(connections, smtp_server, tmp_path, n)
+    finally:
+        await connections.aclose()
+    assert len(collector.envelopes) == 3
+    assert collector.sessions == 3  # each probe found it gone: a new connection each time
+
+
+@pytest.mark.anyio
+async def test_a_message_whose_connection_broke_mid_transaction_is_not_sent_again(
     smtp_server: str, collector: Collector, connections: SmtpConnections, tmp_path: Path
 ) -> None:
-    collector.hang_up_on_next_mail = True
-    for n in range(3):
-        await deliver_kept(connections, smtp_server, tmp_path, n)
-    assert len(collector.envelopes) == 3
-    assert collector.sessions == 3
+    collector.hang_up_on = "MAIL"
+    await deliver_kept(connections, smtp_server, tmp_path, 0)
+    with pytest.raises(DeliveryError) as info:
+        await deliver_kept(connections, smtp_server, tmp_path, 1)
+    # Not sent again behind the outbox's back (the server might have taken it): the outbox
+    # retries it, as any failed delivery.
+    assert not info.value.permanent
+    assert len(collector.envelopes) == 1
+    await deliver_kept(connections, smtp_server, tmp_path, 1)
+    assert len(collector.envelopes) == 2
+    assert collector.sessions == 2
+
+
+@pytest.mark.anyio
+async def test_a_delivery_cancelled_mid_send_frees_its_slot_and_drops_its_connection(
+    smtp_server: str, collector: Collector, tmp_path: Path
+) -> None:
+    collector.slow_data = threading.Event()
+    connections = SmtpConnections(size=1)
+    try:
+        sending = asyncio.create_task(deliver_kept(connections, smtp_server, tmp_path, 0))
+        while not collector.slow_data.is_set():
+            await asyncio.sleep(0.01)
+        sending.cancel()  # shutdown, mid-DATA
+        with pytest.raises(asyncio.CancelledError):
+            await sending
+        collector.slow_data = None
+        await asyncio.wait_for(deliver_kept(connections, smtp_server, tmp_path, 1), timeout=10)
+    finally:
+        await connections.aclose()
+    assert collector.sessions == 2  # the cancelled one was not lent again
 
 
 @pytest.mark.anyio
