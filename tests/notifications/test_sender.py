@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 import stat
 import threading
@@ -231,6 +232,42 @@ async def test_files_written_together_fail_one_by_one(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{name}.eml" for name in names]
     _, batches = sender._FILE_BATCHES["coalescer:mail-files"]
     assert batches.batches == 1  # one thread hop for the three
+
+
+async def test_a_batch_of_files_is_made_durable_with_one_directory_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[Path] = []
+    real = sender._fsync_directory
+    monkeypatch.setattr(sender, "_fsync_directory", lambda d: (synced.append(d), real(d)))
+    sender._FILE_BATCHES.clear()
+    names = ["out_01a", "out_02b", "out_03c"]
+    await asyncio.gather(
+        *(
+            deliver(outgoing(message_id=name), smtp_url="", mail_dir=tmp_path, mail_from=MAIL_FROM)
+            for name in names
+        )
+    )
+    assert synced == [tmp_path]  # the renames are on disk before the mails count as sent
+
+
+async def test_a_directory_that_cannot_be_synced_fails_its_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(directory: Path) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(sender, "_fsync_directory", broken)
+    sender._FILE_BATCHES.clear()
+    results = await asyncio.gather(
+        *(
+            deliver(outgoing(message_id=name), smtp_url="", mail_dir=tmp_path, mail_from=MAIL_FROM)
+            for name in ("out_01a", "out_02b")
+        ),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, DeliveryError) and not r.permanent for r in results)
+    assert all("EIO" in str(r) for r in results)  # the outbox will try them again
 
 
 # --- SMTP ------------------------------------------------------------------------------------
