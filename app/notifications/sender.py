@@ -118,8 +118,8 @@ def _write_file(path: Path, data: bytes) -> None:
     re-delivery replaces the file in one step. Created readable by us only (0600), as
     ``tempfile.mkstemp`` would, but with the bare system calls (open, write, fsync, close,
     rename): a file object's extra ones (fstat, ioctl, lseek, its buffer) each passed the GIL
-    back and forth with the event loop, and the sink's system time was half the worker's
-    CPU during intake."""
+    back and forth with the event loop (during intake, half of the worker's CPU was system
+    time)."""
     tmp = path.with_name(f".{path.stem}.{secrets.token_hex(8)}.tmp")
     fd = os.open(tmp, _NEW_FILE, 0o600)
     try:
