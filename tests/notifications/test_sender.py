@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import socket
 import stat
@@ -11,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -304,13 +306,20 @@ async def test_smtp_redelivery_keeps_message_id(
     assert ids == {"<out_01abc@dsr>"}
 
 
+@contextlib.asynccontextmanager
+async def kept(**options: Any) -> AsyncIterator[SmtpConnections]:
+    """A set of kept-open SMTP connections, closed (QUIT) when the block ends."""
+    connections = SmtpConnections(**options)
+    try:
+        yield connections
+    finally:
+        await connections.aclose()
+
+
 @pytest.fixture
 async def connections() -> AsyncIterator[SmtpConnections]:
-    kept = SmtpConnections(size=3)
-    try:
-        yield kept
-    finally:
-        await kept.aclose()
+    async with kept(size=3) as connections:
+        yield connections
 
 
 async def deliver_kept(
@@ -359,12 +368,9 @@ async def test_a_long_idle_connection_is_checked_before_it_carries_a_message(
     smtp_server: str, collector: Collector, tmp_path: Path
 ) -> None:
     collector.hang_up_on = "NOOP"  # as a server that dropped the idle client meanwhile
-    connections = SmtpConnections(probe_after_seconds=0)
-    try:
+    async with kept(probe_after_seconds=0) as connections:
         for n in range(3):
             await deliver_kept(connections, smtp_server, tmp_path, n)
-    finally:
-        await connections.aclose()
     assert len(collector.envelopes) == 3
     assert collector.sessions == 3  # each probe found it gone: a new connection each time
 
@@ -391,8 +397,7 @@ async def test_a_delivery_cancelled_mid_send_frees_its_slot_and_drops_its_connec
     smtp_server: str, collector: Collector, tmp_path: Path
 ) -> None:
     collector.slow_data = threading.Event()
-    connections = SmtpConnections(size=1)
-    try:
+    async with kept(size=1) as connections:
         sending = asyncio.create_task(deliver_kept(connections, smtp_server, tmp_path, 0))
         while not collector.slow_data.is_set():
             await asyncio.sleep(0.01)
@@ -401,8 +406,6 @@ async def test_a_delivery_cancelled_mid_send_frees_its_slot_and_drops_its_connec
             await sending
         collector.slow_data = None
         await asyncio.wait_for(deliver_kept(connections, smtp_server, tmp_path, 1), timeout=10)
-    finally:
-        await connections.aclose()
     assert collector.sessions == 2  # the cancelled one was not lent again
 
 
@@ -410,12 +413,9 @@ async def test_a_delivery_cancelled_mid_send_frees_its_slot_and_drops_its_connec
 async def test_an_idle_connection_is_not_reused_after_idle_seconds(
     smtp_server: str, collector: Collector, tmp_path: Path
 ) -> None:
-    connections = SmtpConnections(idle_seconds=0)
-    try:
+    async with kept(idle_seconds=0) as connections:
         for n in range(2):
             await deliver_kept(connections, smtp_server, tmp_path, n)
-    finally:
-        await connections.aclose()
     assert collector.sessions == 2
     # The stale one is dropped without a QUIT (no round trip on a delivery's path); the other
     # says goodbye at shutdown.
