@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import AsyncIterator
+from http.cookiejar import Cookie, CookieJar
 from typing import Any
 
 import aiohttp
@@ -130,6 +131,19 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             self._session = None
 
 
+class NoCookies(CookieJar):
+    """A cookie jar that keeps nothing. The process shares one client for every connector
+    call: a ``Set-Cookie`` kept from one call would be sent back on the next call to that
+    host, letting a connector link one person's request to another's. (aiohttp's own jar
+    is a dummy too; this is httpx's, above it.)"""
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        return None
+
+    def set_cookie(self, cookie: Cookie) -> None:
+        return None
+
+
 def shared_client(*, timeout: float = 10.0, max_connections: int = 256) -> httpx.AsyncClient:
     """The one client a process shares (connector calls, JWKS fetches)."""
     limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=128)
@@ -138,4 +152,5 @@ def shared_client(*, timeout: float = 10.0, max_connections: int = 256) -> httpx
         timeout=httpx.Timeout(timeout),
         follow_redirects=False,
         trust_env=False,
+        cookies=NoCookies(),
     )

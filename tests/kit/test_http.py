@@ -175,3 +175,16 @@ async def test_a_body_cut_short_is_a_read_error() -> None:
     async with peer(cut) as (_, url), shared_client() as http:
         with pytest.raises(httpx.ReadError):
             await http.post(url, content=b"{}")
+
+
+async def test_a_cookie_set_by_a_peer_is_never_sent_back() -> None:
+    """Calls are stateless: a connector's ``Set-Cookie`` must not link one person's request
+    to the next one's (the shared client would otherwise keep it for that host)."""
+    reply = answer(200, b"{}", "set-cookie: visitor=abc123; Path=/")
+    async with peer(lambda p: keep_answering(p, reply)) as (server, url), shared_client() as http:
+        for _ in range(2):
+            response = await http.post(f"{url}/hook", content=b"{}")
+            assert response.status_code == 200
+    assert len(server.requests) == 2
+    assert all("cookie" not in headers for _, headers, _ in server.requests)
+    assert not http.cookies
