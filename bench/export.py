@@ -1,8 +1,8 @@
 """Answer-package benchmark: assembling a package from many systems' stored results, and
 downloading it through the service, with the memory each takes.
 
-    /tmp/v/bin/python bench/export.py                 # 20 systems, 1 GiB of NDJSON records
-    /tmp/v/bin/python bench/export.py --total-mb 200  # a quicker look
+    .venv/bin/python bench/export.py                 # 20 systems, 1 GiB of NDJSON records
+    .venv/bin/python bench/export.py --total-mb 200  # a quicker look
 
 1. **generate** (a child process): 20 systems' results as the service stores them:
    NDJSON uploads (``{"category": ..., "record": {...}}`` per line, nested values and

@@ -2,8 +2,8 @@
 
 One command runs everything against a throwaway database (created and dropped here)::
 
-    /tmp/v/bin/python bench/intake.py --db postgresql --requests 100000
-    /tmp/v/bin/python bench/intake.py --db sqlite --requests 100000
+    .venv/bin/python bench/intake.py --db postgresql --requests 100000
+    .venv/bin/python bench/intake.py --db sqlite --requests 100000
 
 Steps: create the database, ``dsr migrate``, seed ``--requests`` stored requests in-process
 through the service's own intake code (see ``seed.py``), then for each ``--workers`` value:

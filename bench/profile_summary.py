@@ -1,7 +1,7 @@
 """Summarise a py-spy ``--format raw`` profile (collapsed stacks): where the server's time
 goes, by app function (inclusive) and by leaf frame (self), in percent of the samples.
 
-    /tmp/v/bin/python bench/profile_summary.py bench/out/pyspy-postgresql-intake.txt
+    .venv/bin/python bench/profile_summary.py bench/out/pyspy-postgresql-intake.txt
 """
 
 from __future__ import annotations
