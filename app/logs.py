@@ -24,7 +24,17 @@ class JsonLogFormatter(logging.Formatter):
         return json.dumps(body, default=str)
 
 
+# Libraries whose INFO lines are the service's business to write, or not at all: httpx logs
+# every request with its full URL, and a connector's URL may carry a token in its query
+# string (the registry refuses only user:password@). Each call's outcome is in its job's row
+# and the audit trail, and failures are logged by job id. (A line per call was also a cost on
+# the fan-out's hot path.)
+QUIET_LIBRARIES = ("httpx", "httpcore")
+
+
 def setup_logging(level: str = "INFO") -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonLogFormatter())
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import logging
+from collections.abc import Iterator
 
+import httpx
 import pytest
 from sqlalchemy import text
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
 
+from app.logs import QUIET_LIBRARIES, setup_logging
 from tests.conftest import Service, bearer
 
 SECRETS = ("ana.ruiz@example.org", "Ana Ruiz", "+33 6 12 34 56 78", "CUST-7781", "12 rue Secrète")
@@ -82,3 +89,35 @@ async def test_the_email_filter_uses_the_keyed_hash(service: Service) -> None:
         "/v1/admin/requests", params={"email": "ana@example.org"}, headers=service.staff()
     )
     assert none.json()["items"] == []
+
+
+@pytest.fixture
+def service_log() -> Iterator[io.StringIO]:
+    """What ``setup_logging`` (as the CLI calls it) writes, into a buffer; the root logger is
+    given back afterwards."""
+    root = logging.getLogger()
+    saved = (root.level, list(root.handlers))
+    quiet = {name: logging.getLogger(name).level for name in QUIET_LIBRARIES}
+    setup_logging("INFO")
+    buffer = io.StringIO()
+    handler = root.handlers[0]
+    assert isinstance(handler, logging.StreamHandler)
+    handler.setStream(buffer)
+    yield buffer
+    root.handlers[:] = saved[1]
+    root.setLevel(saved[0])
+    for name, level in quiet.items():
+        logging.getLogger(name).setLevel(level)
+
+
+async def test_outgoing_urls_are_not_logged(service_log: io.StringIO) -> None:
+    """A connector URL may carry a token in its query string: httpx's line per request,
+    which names the URL, is not written at the service's INFO level."""
+    app = Starlette(routes=[Route("/hook", lambda _: PlainTextResponse("{}"), methods=["POST"])])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as http:
+        answer = await http.post("http://connector.test/hook?token=s3cret-in-url", content=b"{}")
+    assert answer.status_code == 200
+    logging.getLogger("dsr").info("probe")  # the service's own INFO lines still go out
+    written = service_log.getvalue()
+    assert '"event": "probe"' in written
+    assert "s3cret-in-url" not in written
