@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -19,7 +19,7 @@ from app import __version__
 from app.audit.router import router as audit_router
 from app.config import Settings, load_settings
 from app.connectors.router import callbacks_router, registry_router
-from app.errors import AppError, PayloadTooLarge
+from app.errors import AppError, InvalidInput, PayloadTooLarge
 from app.exports.router import router as exports_router
 from app.jobs.worker import Worker
 from app.kit.clock import Clock
@@ -45,6 +45,21 @@ def _loc(raw: tuple[Any, ...] | list[Any]) -> list[Any]:
     return [part for part in raw if not (isinstance(part, str) and part.startswith("function-"))]
 
 
+def _validation_problem(raw: Sequence[Any]) -> InvalidInput:
+    """FastAPI's validation errors as the contract's problem: ``errors[].loc`` names each
+    field. A body that is not JSON at all, or none, is said so (pydantic reports the offset of the
+    parse error as if it were a field: ``["body", 1]``, "JSON decode error")."""
+    if any(e.get("type") == "json_invalid" for e in raw):
+        reason = next((e.get("ctx") or {} for e in raw if e.get("type") == "json_invalid"), {})
+        msg = "the body is not valid JSON" + (f" ({reason['error']})" if "error" in reason else "")
+        return InvalidInput.field(("body",), msg)
+    if any(e.get("type") == "missing" and tuple(e.get("loc", ())) == ("body",) for e in raw):
+        return InvalidInput.field(("body",), "a JSON body is required")
+    errors = [{"loc": _loc(e.get("loc", ())), "msg": e.get("msg", "invalid")} for e in raw]
+    fields = ", ".join(".".join(str(p) for p in e["loc"][1:]) or e["loc"][0] for e in errors)
+    return InvalidInput(f"invalid fields: {fields}", errors=errors)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def _app_error(_: Request, exc: AppError) -> JSONResponse:
@@ -54,11 +69,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [
-            {"loc": _loc(e.get("loc", ())), "msg": e.get("msg", "invalid")} for e in exc.errors()
-        ]
-        fields = ", ".join(".".join(str(p) for p in e["loc"][1:]) or e["loc"][0] for e in errors)
-        return problem(422, "Invalid input", f"invalid fields: {fields}", errors=errors)
+        invalid = _validation_problem(exc.errors())
+        return JSONResponse(invalid.to_problem(), status_code=422, media_type=PROBLEM_JSON)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -157,6 +157,31 @@ async def test_unparseable_bodies_are_4xx_problems(service: Service, content, co
     assert answer.headers["content-type"].startswith("application/problem+json")
 
 
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        (b"{not json", "the body is not valid JSON"),
+        (b'{"type": "access",', "the body is not valid JSON"),
+        (b"", "a JSON body is required"),
+    ],
+)
+async def test_a_body_that_is_not_json_is_said_so(service: Service, problem, content, said) -> None:
+    answer = await service.client.post(
+        "/v1/requests", content=content, headers={"Content-Type": "application/json"}
+    )
+    found = problem(answer, 422)
+    assert found["type"] == "https://dsr.dev/problems/invalid-input"
+    assert found["detail"].startswith(said)
+    assert [error["loc"] for error in found["errors"]] == [["body"]]
+
+
+async def test_field_errors_share_the_invalid_input_problem_type(service: Service, problem) -> None:
+    answer = await service.client.post("/v1/requests", json={"type": "access", "subject": {}})
+    found = problem(answer, 422)
+    assert found["type"] == "https://dsr.dev/problems/invalid-input"
+    assert found["detail"].startswith("invalid fields: ")
+
+
 async def test_an_oversized_body_is_413(service: Service, problem) -> None:
     answer = await service.client.post(
         "/v1/requests",
