@@ -47,6 +47,7 @@ class CpuQuotas:
         """Move process ``pid`` (all its threads) into its own cgroup with the quota."""
         group = self.base / f"dsr-bench-{os.getpid()}-{name}"
         group.mkdir(exist_ok=True)
+        self.groups[name] = group  # removed by release() even if a write below fails
         quota = max(1000, round(self.fraction * PERIOD_US))
         if self.version == 1:
             (group / "cpu.cfs_period_us").write_text(str(PERIOD_US))
@@ -54,7 +55,6 @@ class CpuQuotas:
         else:
             (group / "cpu.max").write_text(f"{quota} {PERIOD_US}")
         (group / "cgroup.procs").write_text(str(pid))
-        self.groups[name] = group
         return group
 
     def throttled_seconds(self, name: str) -> float | None:

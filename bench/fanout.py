@@ -969,7 +969,6 @@ class FanoutBench:
         out.mkdir(exist_ok=True)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         path = out / f"fanout-{stamp}.json"
-        path.write_text(json.dumps(self.results, indent=2))
         r = self.results
         rows: list[tuple[str, str, str, str, str]] = []
         if "a" in r:
@@ -1067,6 +1066,7 @@ class FanoutBench:
             "\n(other CPU: what other processes on the machine used during the phase, in percent"
             "\nof one core; high values mean noisy figures)"
         )
+        path.write_text(json.dumps(self.results, indent=2))  # with the ratio computed above
         print(f"\nfull results: {path}")
 
 
