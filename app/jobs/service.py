@@ -9,6 +9,7 @@ owner, so a worker that lost its lease cannot overwrite the new owner's work.
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.db import UtcDateTime
+from app.db import UtcDateTime, flush_pending
 from app.jobs import wakeup
 from app.jobs.models import Job, JobStatus
 from app.kit.ids import new_id
@@ -95,20 +96,22 @@ def job_row(
 
 async def _insert_unless_locked(session: AsyncSession, job: Job) -> bool:
     """``INSERT ... ON CONFLICT DO NOTHING`` on the queueing lock's partial unique index: one
-    statement, no savepoint, and no error when a queued job already holds the lock."""
-    bind = session.bind
-    dialect = bind.dialect.name if bind is not None else "sqlite"
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement, no savepoint, and no error when a queued job already holds the lock. Built
+    once per dialect with the row as parameters: with the values inlined, SQLAlchemy walked
+    every value to make the statement's cache key, on every job queued."""
+    await flush_pending(session)  # the unit of work's own rows first, as an ORM insert would
+    conn = await session.connection()
     values = {column.name: getattr(job, column.name) for column in JOB_TABLE.columns}
-    statement = (
-        insert(Job)
-        .values(**values)
-        .on_conflict_do_nothing(
-            index_elements=["queueing_lock"], index_where=text("status = 'queued'")
-        )
-    )
-    result = await session.exec(statement)
+    result = await conn.execute(_insert_unless_locked_statement(conn.dialect.name), values)
     return bool(result.rowcount)
+
+
+@functools.cache
+def _insert_unless_locked_statement(dialect: str) -> Any:
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert(JOB_TABLE).on_conflict_do_nothing(
+        index_elements=["queueing_lock"], index_where=text("status = 'queued'")
+    )
 
 
 J_ = JOB_TABLE.c
