@@ -180,8 +180,13 @@ def before_commit(session: AsyncSession, key: str, hook: Hook) -> None:
 AFTER_COMMIT = "dsr.after_commit"
 
 
-def after_commit(session: AsyncSession, key: str, hook: Callable[[], None]) -> None:
-    """Run ``hook`` once after this unit of work has committed (waking local job workers)."""
+AfterHook = Callable[[], Awaitable[None] | None]
+
+
+def after_commit(session: AsyncSession, key: str, hook: AfterHook) -> None:
+    """Run ``hook`` once after this unit of work has committed (waking local job workers; a
+    look that must see the commit); an async hook is awaited. A hook must not raise: the
+    work is committed, and its caller would take an error for a failure of the work."""
     session.info.setdefault(AFTER_COMMIT, {}).setdefault(key, hook)
 
 
@@ -190,9 +195,11 @@ async def commit(session: AsyncSession) -> None:
     for hook in hooks.values():
         await hook(session)
     await session.commit()
-    done: dict[str, Callable[[], None]] = session.info.pop(AFTER_COMMIT, {})
+    done: dict[str, AfterHook] = session.info.pop(AFTER_COMMIT, {})
     for then in done.values():
-        then()
+        pending = then()
+        if pending is not None:
+            await pending
 
 
 async def rollback(session: AsyncSession) -> None:

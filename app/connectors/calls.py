@@ -270,15 +270,17 @@ async def _finish_many(rt: Runtime, items: list[FinishItem]) -> None:
     try:
         results.delete(rt, late)
         if touched:
-            await _settle_finished(rt, touched, now=now)
+            await settle_if_done(rt, touched, now=now)
     except Exception:
         log.exception("connectors.after_finish_failed", extra={"requests": len(touched)})
 
 
-async def _settle_finished(rt: Runtime, request_ids: set[str], *, now: datetime) -> None:
-    """After the commit, so that of two batches finishing a request's last jobs at once, the
-    later one to commit always sees none left: queue a settle for each request that has no
-    unfinished job (one queued settle per request at a time, thanks to its queueing lock)."""
+async def settle_if_done(rt: Runtime, request_ids: set[str], *, now: datetime) -> None:
+    """Queue a settle for each request that has no unfinished job left (one queued settle per
+    request at a time, thanks to its queueing lock). Called after the commit of whatever
+    finished a job without the request's lock, and after the commit of a unit of work that
+    finished one under it but saw others unfinished: of two of them finishing a request's
+    last jobs at once, the later look always sees both commits."""
     from app.connectors import dispatch
 
     async with rt.read_sessions() as session:

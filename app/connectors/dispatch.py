@@ -23,7 +23,7 @@ from typing import Any
 
 from sqlalchemy import and_, delete, exists, insert, or_, update
 from sqlalchemy import select as sa_select
-from sqlmodel import col, func, select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.audit import service as audit
@@ -39,6 +39,7 @@ from app.connectors.models import (
 from app.connectors.models import ConnectorJobStatus as J
 from app.connectors.schemas import OUTCOMES_BY_TYPE, ConnectorResult
 from app.connectors.urls import check_url
+from app.db import after_commit
 from app.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, UnsupportedMedia
 from app.exports import service as exports
 from app.jobs import service as jobs
@@ -102,14 +103,17 @@ def _target(statuses: list[str]) -> RequestStatus:
     return S.in_progress
 
 
-async def settle(session: AsyncSession, rt: Runtime, req: DsrRequest, *, now: datetime) -> None:
-    """Move the (locked) request to the status its jobs call for."""
+async def settle(
+    session: AsyncSession, rt: Runtime, req: DsrRequest, *, now: datetime
+) -> RequestStatus | None:
+    """Move the (locked) request to the status its jobs call for; returns that status (None
+    for a request that is no longer active)."""
     if req.status not in ACTIVE:
-        return
+        return None
     pairs = await registry.jobs_for_request(session, req.id)
     target = _target([cj.status for cj, _ in pairs])
     if target == req.status:
-        return
+        return target
     if target == S.completed:
         if req.type in DATA_TYPES:
             # The answer is a package: its assembly completes the request. Nothing waits on
@@ -117,7 +121,7 @@ async def settle(session: AsyncSession, rt: Runtime, req: DsrRequest, *, now: da
             if req.status == S.action_required:
                 await requests.set_progress(session, req=req, status=S.in_progress, now=now)
             await exports.queue_assembly(session, request_id=req.id, now=now)
-            return
+            return target
         outcomes = registry.outcomes_of(pairs, request_type=req.type)
         recipients = sorted({r for o in outcomes for r in o["recipients_notified"]})
         if recipients:
@@ -131,11 +135,12 @@ async def settle(session: AsyncSession, rt: Runtime, req: DsrRequest, *, now: da
                 details={"recipients": recipients},
             )
         await requests.complete(session, rt=rt, req=req, now=now, outcomes=outcomes)
-        return
+        return target
     waiting = [cj.id for cj, _ in pairs if cj.status in (J.failed, J.waiting_for_staff)]
     await requests.set_progress(
         session, req=req, status=target, now=now, details={"jobs": waiting} if waiting else None
     )
+    return target
 
 
 # --- fan-out ----------------------------------------------------------------------------------
@@ -633,24 +638,7 @@ async def _finish_with_result(
             )
         await jobs.finish(session, job, now=now)
     if done is not None:
-        await _settle_if_last(ctx, done[0], now=now)
-
-
-async def _settle_if_last(rt: Runtime, request_id: str, *, now: datetime) -> None:
-    async with rt.read_sessions() as session:
-        left = (
-            await session.exec(
-                select(func.count())
-                .select_from(ConnectorJob)
-                .where(
-                    col(ConnectorJob.request_id) == request_id,
-                    col(ConnectorJob.status) != J.succeeded,
-                )
-            )
-        ).one()
-    if left == 0:
-        async with rt.session() as session:
-            await _settle_later(session, request_id, now=now)
+        await calls.settle_if_done(ctx, {done[0]}, now=now)
 
 
 async def _fail(
@@ -741,18 +729,38 @@ async def _apply(
         retained=[r.category for r in result.retained],
         by=by,
     )
-    await _settle(session, rt, req, cj, now=now)
+    if await _settle(session, rt, req, cj, now=now) == S.in_progress:
+        _look_again_after_commit(session, rt, cj.request_id, now=now)
+
+
+def _look_again_after_commit(
+    session: AsyncSession, rt: Runtime, request_id: str, *, now: datetime
+) -> None:
+    """This unit of work finished a job under the request's lock and saw others unfinished.
+    A worker finishing the last of them commits without that lock and then looks for jobs
+    left: if it looked before this commit, it saw this job unfinished, as this settle saw
+    its job, and neither would settle the request. A second look once this commit is visible
+    closes the gap: of the two looks, the later one sees both jobs finished."""
+
+    async def look() -> None:
+        try:
+            await calls.settle_if_done(rt, {request_id}, now=now)
+        except Exception:  # committed: the sweep settles it if this look fails
+            log.exception("connectors.settle_look_failed", extra={"request_id": request_id})
+
+    after_commit(session, f"connectors.settle_look.{request_id}", look)
 
 
 async def _settle(
     session: AsyncSession, rt: Runtime, req: DsrRequest | None, cj: ConnectorJob, *, now: datetime
-) -> None:
+) -> RequestStatus | None:
     """Settle now when the caller holds the request's lock (callbacks, staff, the sweep),
-    else queue a settle job (the worker's hot path never waits on the request's row)."""
+    else queue a settle job (the worker's hot path never waits on the request's row).
+    Returns the status settled on now, None when queued."""
     if req is not None:
-        await settle(session, rt, req, now=now)
-    else:
-        await _settle_later(session, cj.request_id, now=now)
+        return await settle(session, rt, req, now=now)
+    await _settle_later(session, cj.request_id, now=now)
+    return None
 
 
 async def _settle_later(session: AsyncSession, request_id: str, *, now: datetime) -> None:

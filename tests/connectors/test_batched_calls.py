@@ -70,7 +70,7 @@ async def test_a_failure_after_a_finishing_batch_committed_keeps_its_results(
     async def broken(*_: Any, **__: Any) -> None:
         raise RuntimeError("database is locked")
 
-    monkeypatch.setattr(calls, "_settle_finished", broken)
+    monkeypatch.setattr(calls, "settle_if_done", broken)
     for n in range(3):
         await register(service, farm, f"system{n}", answers())
     filed = await service.file_verified()

@@ -4,6 +4,7 @@ refuses more, and an invalid result is a 422 naming the field at fault."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -13,6 +14,7 @@ import httpx
 import pytest
 from starlette.responses import JSONResponse, Response
 
+from app.connectors import calls, dispatch
 from app.connectors.signing import new_secret
 from tests.conftest import Service
 from tests.connectors.conftest import detail, drive, register
@@ -311,6 +313,67 @@ INVALID_RESULTS: list[tuple[str, dict[str, Any] | bytes, str]] = [
     ("not an object", b"[1, 2]", "body"),
     ("another job", result("erased", job_id="cjob_someone_else"), "job_id"),
 ]
+
+
+def answers_when(gate: asyncio.Event) -> Behaviour:
+    """200 with a result, once ``gate`` is set."""
+
+    async def behave(farm: ConnectorFarm, call: Call) -> Response:
+        await gate.wait()
+        return JSONResponse(result())
+
+    return behave
+
+
+async def test_a_callback_and_a_call_ending_the_last_two_jobs_together_complete_the_request(
+    service: Service, farm: ConnectorFarm, monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    """The callback settles under the request's lock before it commits; the worker finishes
+    the other call without that lock and looks for jobs left after its commit. Here the
+    worker's look comes between the callback's settle and its commit, so each saw the
+    other's job unfinished: the callback looks again once it has committed."""
+    if "sqlite" in database_url:
+        pytest.skip("SQLite has one writer: the call's finish cannot commit inside a callback")
+    gate, worker_looked = asyncio.Event(), asyncio.Event()
+    await register(service, farm, "crm", silent())
+    await register(service, farm, "shop", answers_when(gate))
+    filed = await service.file_verified()
+    worker = asyncio.create_task(service.run_jobs())
+    for _ in range(500):
+        jobs = (await detail(service, filed["id"]))["jobs"]
+        if sorted(j["status"] for j in jobs) == ["running", "waiting_callback"]:
+            break
+        await asyncio.sleep(0.01)
+    [crm_job] = [j for j in jobs if j["connector_name"] == "crm"]
+    assert crm_job["status"] == "waiting_callback", jobs
+
+    real_settle, real_look = dispatch.settle, calls.settle_if_done
+    seen_by_callback: list[str | None] = []
+
+    async def settle_then_let_the_call_end(*args: Any, **kwargs: Any) -> Any:
+        target = await real_settle(*args, **kwargs)
+        seen_by_callback.append(target)
+        gate.set()  # the shop answers; the worker finishes its job and looks, all before
+        await asyncio.wait_for(worker_looked.wait(), 10)  # this unit of work commits
+        return target
+
+    async def look(*args: Any, **kwargs: Any) -> None:
+        await real_look(*args, **kwargs)
+        worker_looked.set()
+
+    monkeypatch.setattr(dispatch, "settle", settle_then_let_the_call_end)
+    monkeypatch.setattr(calls, "settle_if_done", look)
+    answer = await post_callback(service, crm_job["id"], result(), secret=farm.secrets["crm"])
+    assert answer.status_code == 200, answer.text
+    assert seen_by_callback == ["in_progress"], "the callback saw the shop's job running"
+    await worker
+    monkeypatch.undo()
+    await service.run_jobs()  # the settle, then the package assembly
+
+    view = await detail(service, filed["id"])
+    assert [j["status"] for j in view["jobs"]] == ["succeeded", "succeeded"]
+    assert view["status"] == "completed", "not left for the sweep to find a minute later"
+    assert actions(view).count("request.completed") == 1
 
 
 async def test_invalid_results_are_422_naming_the_field(
