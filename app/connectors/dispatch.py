@@ -654,6 +654,7 @@ async def _fail(
     cj.status, cj.last_error, cj.updated_at = J.failed, error[:1000], now
     cj.finished_at = now
     session.add(cj)
+    await jobs.withdraw(session, queueing_lock=_call_lock(cj.id))
     await _record(session, cj, "failed", now=now, actor=actor, error=error[:200])
     await _settle(session, rt, req, cj, now=now)
 
@@ -680,7 +681,7 @@ def prepare_result(
         allowed = OUTCOMES_BY_TYPE[RequestType(request_type)]
         if result.outcome not in allowed:
             raise ValueError(
-                f"outcome: {result.outcome!r} does not answer a {request_type} request "
+                f"outcome: {result.outcome!r} does not answer a request of type {request_type} "
                 f"(expected one of: {', '.join(sorted(allowed))})"
             )
     prepared = _Prepared(result)
@@ -719,6 +720,8 @@ async def _apply(
         cj.message_sealed = rt.sealer.seal(result.message.encode(), context=cj.id)
     cj.finished_by, cj.result_webhook_id, cj.callback_deadline = by, webhook_id, None
     session.add(cj)
+    # The call queued for when the callback would be late is not wanted any more.
+    await jobs.withdraw(session, queueing_lock=_call_lock(cj.id))
     await _record(
         session,
         cj,
@@ -1046,8 +1049,12 @@ async def retry_job(
     if not connector.enabled or connector.deleted_at is not None:
         raise Conflict("the connector is disabled: enable it first, or complete the job by hand")
     cj.attempts, cj.finished_at, cj.updated_at = 0, None, now
+    # A call still queued from before would hold the queueing lock and keep the retry's own
+    # call (now, with a fresh set of attempts) out of the queue: it is taken back.
+    await jobs.withdraw(session, queueing_lock=_call_lock(cj.id))
     if connector.mode == ConnectorMode.manual:
         cj.status = J.waiting_for_staff
+        await _tell_staff(session, rt, req, connector, now=now)
     else:
         cj.status = J.queued
         await _queue_call(session, cj, connector, now=now)

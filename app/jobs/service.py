@@ -14,7 +14,7 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import String, Table, bindparam, cast, func, literal, or_, text, update
+from sqlalchemy import String, Table, bindparam, cast, delete, func, literal, or_, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
@@ -393,6 +393,17 @@ async def release(session: AsyncSession, job: Job, *, worker_id: str, now: datet
         status=JobStatus.queued,
         run_after=now,
         attempts=job.attempts - 1,
+    )
+
+
+async def withdraw(session: AsyncSession, *, queueing_lock: str) -> None:
+    """Take back the queued job that holds ``queueing_lock``, in the caller's transaction:
+    work that is no longer wanted (a call scheduled for when a callback is late, once the
+    callback came). A job already claimed is left to its handler, which re-reads its row."""
+    await session.exec(
+        delete(Job).where(
+            col(Job.queueing_lock) == queueing_lock, col(Job.status) == JobStatus.queued
+        )
     )
 
 

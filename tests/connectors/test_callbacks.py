@@ -8,20 +8,25 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
+from sqlmodel import col, func, select
 from starlette.responses import JSONResponse, Response
 
 from app.connectors import calls, dispatch
 from app.connectors.signing import new_secret
+from app.jobs import service as jobs
+from app.jobs.models import Job, JobStatus
 from tests.conftest import Service
 from tests.connectors.conftest import detail, drive, register
 from tests.fixtures.connectors import (
     Behaviour,
     Call,
     ConnectorFarm,
+    answers,
     flaky,
     result,
     sign,
@@ -466,6 +471,80 @@ async def test_a_failure_callback_fails_the_job_and_needs_staff(
     assert "customer database is being migrated" in job["last_error"]
     assert "connector_job.failed" in actions(view)
     assert "connector_job.succeeded" not in actions(view)
+    assert await queued_calls(service) == 0, "the call for a late callback is withdrawn"
+
+
+async def queued_calls(service: Service) -> int:
+    async with service.runtime.read_sessions() as session:
+        return (
+            await session.exec(
+                select(func.count()).where(
+                    col(Job.kind) == dispatch.CALL_KIND, col(Job.status) == JobStatus.queued
+                )
+            )
+        ).one()
+
+
+async def test_a_callback_withdraws_the_call_queued_for_its_lateness(
+    service: Service, farm: ConnectorFarm
+) -> None:
+    _, job_id = await waiting_job(service, farm)
+    assert await queued_calls(service) == 1, "a call waits for the callback timeout"
+    answer = await post_callback(service, job_id, result(), secret=farm.secrets["crm"])
+    assert answer.status_code == 200, answer.text
+    assert await queued_calls(service) == 0
+
+
+async def test_a_staff_retry_after_a_failure_callback_calls_at_once(
+    service: Service, farm: ConnectorFarm
+) -> None:
+    request_id, job_id = await waiting_job(service, farm)  # its callback timeout: an hour
+    body = {"status": "failed", "message": "customer database is being migrated"}
+    answer = await post_callback(service, job_id, body, secret=farm.secrets["crm"])
+    assert answer.status_code == 200, answer.text
+    farm.behaviours["crm"] = answers()
+
+    retried = await service.client.post(
+        f"/v1/admin/requests/{request_id}/jobs/{job_id}/retry",
+        headers=service.staff("requests:write"),
+    )
+    assert retried.status_code == 202, retried.text
+    await service.run_jobs()  # the clock has not moved: no timeout has passed
+    await service.run_jobs()  # the package assembly
+
+    assert len(farm.calls_to("crm")) == 2, "the retry called the connector"
+    view = await detail(service, request_id)
+    assert view["status"] == "completed"
+    assert view["jobs"][0]["status"] == "succeeded"
+
+
+async def test_a_staff_retry_takes_back_a_call_still_queued_for_later(
+    service: Service, farm: ConnectorFarm
+) -> None:
+    """A failed job whose late-callback call is still queued (left by an older version):
+    the retry's call is not kept out of the queue by it."""
+    request_id, job_id = await waiting_job(service, farm)
+    body = {"status": "failed", "message": "customer database is being migrated"}
+    assert (await post_callback(service, job_id, body, secret=farm.secrets["crm"])).is_success
+    async with service.runtime.session() as session:
+        await jobs.enqueue(
+            session,
+            dispatch.CALL_KIND,
+            {"connector_job_id": job_id},
+            now=service.clock.now(),
+            run_after=service.clock.now() + timedelta(hours=1),
+            queueing_lock=f"call:{job_id}",
+        )
+    farm.behaviours["crm"] = answers()
+
+    retried = await service.client.post(
+        f"/v1/admin/requests/{request_id}/jobs/{job_id}/retry",
+        headers=service.staff("requests:write"),
+    )
+    assert retried.status_code == 202, retried.text
+    await service.run_jobs()
+    assert len(farm.calls_to("crm")) == 2, "the retry called the connector at once"
+    assert await queued_calls(service) == 0
 
 
 @pytest.mark.parametrize(

@@ -157,6 +157,38 @@ async def test_manual_connector_is_a_staff_task(service: Service, farm: Connecto
     assert events[0]["actor"] == "staff:bob"
 
 
+@pytest.mark.parametrize(
+    "settings_overrides",
+    [{"retry_base_seconds": 0.01, "retry_cap_seconds": 0.05, "staff_email": "dpo@example.org"}],
+)
+async def test_a_retried_manual_task_is_a_staff_task_again(
+    service: Service, farm: ConnectorFarm
+) -> None:
+    answer = await service.client.post(
+        "/v1/admin/connectors",
+        json={"name": "paper archive", "mode": "manual", "request_types": ["erasure"]},
+        headers=service.staff("connectors:write"),
+    )
+    assert answer.status_code == 201, answer.text
+    filed = await service.file_verified(
+        {"type": "erasure", "subject": {"email": "ana@example.org"}}
+    )
+    await drive(service, farm)
+    job_id = (await detail(service, filed["id"]))["jobs"][0]["id"]
+    url = f"/v1/admin/requests/{filed['id']}/jobs/{job_id}"
+    staff = service.staff("requests:write")
+    failed = await service.client.post(
+        f"{url}/complete", json={"status": "failed", "message": "archive closed"}, headers=staff
+    )
+    assert failed.json()["jobs"][0]["status"] == "failed", failed.text
+
+    retried = await service.client.post(f"{url}/retry", headers=staff)
+    assert retried.status_code == 202, retried.text
+    assert retried.json()["jobs"][0]["status"] == "waiting_for_staff"
+    await service.run_jobs()
+    assert len(service.mails("dpo@example.org")) == 2, "the task is e-mailed again"
+
+
 async def test_wrong_outcome_for_the_type_fails_the_job_with_the_reason(
     service: Service, farm: ConnectorFarm
 ) -> None:
@@ -165,7 +197,7 @@ async def test_wrong_outcome_for_the_type_fails_the_job_with_the_reason(
     await drive(service, farm)
     job = (await detail(service, filed["id"]))["jobs"][0]
     assert job["status"] == "failed"
-    assert "does not answer a access request" in job["last_error"]
+    assert "does not answer a request of type access" in job["last_error"]
 
 
 async def test_connectors_that_do_not_know_the_identity_are_not_called(
