@@ -847,12 +847,22 @@ def _add_receipt(
     )
 
 
-def _duplicate(receipt: CallbackReceipt, job_id: str) -> dict[str, Any]:
+def _duplicate(receipt: CallbackReceipt, job_id: str, *, kind: str) -> dict[str, Any]:
     """A repeated webhook-id is answered as the first time, and nothing is applied (also
-    when a re-run has superseded the job since)."""
+    when a re-run has superseded the job since). A webhook-id names one message: the same
+    id on another job, or on an upload where it named a result (or the other way round),
+    is another message that reuses it."""
     if receipt.job_id != job_id:
         raise Conflict("this webhook-id was already used for another job")
+    if receipt.kind != kind:
+        raise Conflict(
+            f"this webhook-id was already used for {_KIND_NAMES[receipt.kind]}; "
+            f"{_KIND_NAMES[kind]} needs a webhook-id of its own"
+        )
     return {**json.loads(receipt.answer), "duplicate": True}
+
+
+_KIND_NAMES = {"result": "a result", "upload": "an upload"}
 
 
 async def accept_callback(
@@ -875,7 +885,7 @@ async def accept_callback(
         webhook_id = headers["webhook-id"][:200]
         receipt = await _receipt(session, connector.id, webhook_id)
         if receipt is not None:
-            return _duplicate(receipt, job_id)
+            return _duplicate(receipt, job_id, kind="result")
         if cj is None:
             raise Conflict(f"{SUPERSEDED}; the callback changes nothing")
         if cj.status in FINISHED:
@@ -900,7 +910,7 @@ async def accept_callback(
             receipt = await _receipt(session, connector.id, webhook_id)
             if receipt is not None:  # the same callback won a race with this one
                 results.delete(rt, prepared.file_names)
-                return _duplicate(receipt, job_id)
+                return _duplicate(receipt, job_id, kind="result")
             if cj.status in FINISHED:
                 raise Conflict(f"this job is {cj.status}; the callback changes nothing")
             await _apply(
@@ -949,14 +959,15 @@ async def accept_upload(
             raise BadCallback(str(exc)) from None
         webhook_id = headers["webhook-id"][:200]
         receipt = await _receipt(session, connector.id, webhook_id)
-        if receipt is not None:
-            # Answered as the first time, but only once the body proves it is the same.
-            await _read_signed(chunks, check, limit=rt.settings.upload_max_bytes)
-            return _duplicate(receipt, job_id)
-        if cj is None:
+        if receipt is None and cj is None:
             raise Conflict(f"{SUPERSEDED}; the upload changes nothing")
-        if cj.status in FINISHED:
+        if receipt is None and cj is not None and cj.status in FINISHED:
             raise Conflict(f"this job is {cj.status}; the upload changes nothing")
+    if receipt is not None:
+        # Answered as the first time, but only once the body proves it is the same (read
+        # with no database connection held: it may be gigabytes).
+        await _read_signed(chunks, check, limit=rt.settings.upload_max_bytes)
+        return _duplicate(receipt, job_id, kind="upload")
     media = content_type.split(";")[0].strip().lower()
     if media not in UPLOAD_FORMATS:
         raise UnsupportedMedia("an upload is application/json or application/x-ndjson")
@@ -976,7 +987,7 @@ async def accept_upload(
             receipt = await _receipt(session, connector.id, webhook_id)
             if receipt is not None:
                 temporary.unlink(missing_ok=True)
-                return _duplicate(receipt, job_id)
+                return _duplicate(receipt, job_id, kind="upload")
             if cj.status in FINISHED:
                 raise Conflict(f"this job is {cj.status}; the upload changes nothing")
             results.publish(rt, temporary, name)
@@ -1098,6 +1109,9 @@ async def complete_job(
 
 
 SWEEP_BATCH = 200
+# How long a webhook-id is remembered: senders that follow Standard Webhooks retry a message
+# for about 27 hours (the reference schedule), with the same id each time.
+RECEIPTS_KEPT = timedelta(days=3)
 
 
 @periodic(SWEEP_KIND, every_seconds=60)
@@ -1111,9 +1125,7 @@ async def sweep(ctx: JobContext, job: Job) -> None:
         await _settle_stale_requests(session, ctx, now=now)
         await _refan_requests(session, now=now)
         await session.exec(
-            delete(CallbackReceipt).where(
-                col(CallbackReceipt.received_at) < now - timedelta(days=1)
-            )
+            delete(CallbackReceipt).where(col(CallbackReceipt.received_at) < now - RECEIPTS_KEPT)
         )
 
 

@@ -79,6 +79,11 @@ def _context(package_id: str) -> str:
 
 
 async def queue_assembly(session: AsyncSession, *, request_id: str, now: datetime) -> None:
+    """Queue the build of the request's package, unless one is queued or running: a second
+    build beside a running one (the sweep settling a request that is being built) would
+    only compete with it for the CPU and the disk, and be thrown away."""
+    if await assembly_pending(session, request_id):
+        return
     await jobs.enqueue(
         session,
         ASSEMBLE_KIND,

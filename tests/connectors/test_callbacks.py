@@ -214,6 +214,22 @@ async def test_refused_signatures_are_401_and_change_nothing(
     assert (await detail(service, request_id))["status"] == "completed"
 
 
+async def test_a_webhook_id_is_remembered_through_a_senders_retries(
+    service: Service, farm: ConnectorFarm
+) -> None:
+    _, job_id = await waiting_job(
+        service, farm, request={"type": "erasure", "subject": {"email": "ana@example.org"}}
+    )
+    secret = farm.secrets["crm"]
+    first = await post_callback(service, job_id, result("erased"), secret=secret, msg_id="msg_r")
+    assert first.status_code == 200, first.text
+    service.clock.advance(seconds=28 * 3600)  # the reference schedule's last retry, and more
+    await service.run_periodic()  # the sweep forgets old receipts
+    again = await post_callback(service, job_id, result("erased"), secret=secret, msg_id="msg_r")
+    assert again.status_code == 200, again.text
+    assert again.json() == {**first.json(), "duplicate": True}
+
+
 async def test_a_webhook_id_replayed_to_another_job_is_409(
     service: Service, farm: ConnectorFarm, problem
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import text
@@ -98,3 +99,30 @@ async def test_the_sweep_leaves_healthy_work_alone(service: Service, farm: Conne
     assert after["jobs"] == before["jobs"]
     assert after["status"] == "in_progress"
     assert len(farm.calls) == 1
+
+
+async def test_the_sweep_leaves_a_package_being_built_alone(
+    service: Service, farm: ConnectorFarm
+) -> None:
+    """An access request is in progress while its package is built, its jobs all done: the
+    sweep must not start a second build beside the running one."""
+    await register(service, farm, "shop", answers())
+    await service.file_verified()
+    await drive(service, farm)
+    # As during a long build: the request in progress, its assembly held by a live worker.
+    await _sql(service, "UPDATE dsr_request SET status = 'in_progress', closed_at = NULL")
+    await _sql(
+        service,
+        "UPDATE job SET status = 'running', lease_owner = 'w', lease_expires_at = :later "
+        "WHERE kind = 'exports.assemble'",
+        later=service.clock.now() + timedelta(hours=1),
+    )
+    service.clock.advance(seconds=120)
+    await service.run_periodic()
+    async with service.runtime.read_sessions() as session:
+        builds = (
+            await session.exec(  # type: ignore[call-overload]
+                text("SELECT status FROM job WHERE kind = 'exports.assemble'")
+            )
+        ).all()
+    assert [b[0] for b in builds] == ["running"], "one build, the running one"

@@ -78,9 +78,12 @@ async def post_result(
     )
 
 
-def sign_stream(secret: str, chunks: Iterable[bytes], *, msg_id: str) -> dict[str, str]:
-    """Standard Webhooks headers for a body too large to hold: the HMAC, chunk by chunk."""
-    stamp = str(int(time.time()))
+def sign_stream(
+    secret: str, chunks: Iterable[bytes], *, msg_id: str, stamp: str | None = None
+) -> dict[str, str]:
+    """Standard Webhooks headers for a body too large to hold: the HMAC, chunk by chunk
+    (over ``stamp`` as given, when a test gives one)."""
+    stamp = stamp or str(int(time.time()))
     key = base64.b64decode(secret.removeprefix("whsec_"))
     mac = hmac.new(key, f"{msg_id}.{stamp}.".encode(), hashlib.sha256)
     for chunk in chunks:
@@ -191,6 +194,27 @@ async def test_a_replayed_upload_is_stored_once_and_a_finished_job_takes_no_more
     assert again.json() == {**first.json(), "duplicate": True}
 
 
+async def test_a_webhook_id_names_one_message_an_upload_or_a_result(
+    service: Service, farm: ConnectorFarm, problem
+) -> None:
+    request_id, jobs = await waiting_jobs(service, farm)
+    job_id, secret = jobs["crm"], farm.secrets["crm"]
+    upload = ndjson(1024)
+    assert (await put_data(service, job_id, upload, secret=secret, msg_id="msg_7")).is_success
+
+    reused = await post_result(service, job_id, result(), secret=secret, msg_id="msg_7")
+    assert "used for an upload" in problem(reused, 409)["detail"]
+    assert (await detail(service, request_id))["jobs"][0]["status"] == "waiting_callback"
+
+    done = await post_result(service, job_id, result(), secret=secret, msg_id="msg_8")
+    assert done.status_code == 200, done.text
+    # The result's id on an upload: another message too (and the job is finished anyway).
+    again = await put_data(service, job_id, upload, secret=secret, msg_id="msg_8")
+    assert "used for a result" in problem(again, 409)["detail"]
+    files = await data_files(service, job_id)
+    assert [f["source"] for f in files] == ["upload", "result"]
+
+
 async def test_a_large_upload_streams_through_bounded_memory(
     service: Service, farm: ConnectorFarm
 ) -> None:
@@ -246,6 +270,10 @@ async def test_refused_uploads_leave_nothing_behind(
     problem(await service.client.put(url, content=upload, headers=stale), 401)
     ahead = sign(secret, upload, msg_id="up_d", at=time.time() + 360) | NDJSON
     problem(await service.client.put(url, content=upload, headers=ahead), 401)
+    for stamp in ("nan", "inf", f"{time.time():.1f}", f" {int(time.time())}"):
+        # Signed over the stamp as written; Standard Webhooks stamps are integer seconds.
+        odd = sign_stream(secret, [upload], msg_id="up_f", stamp=stamp) | NDJSON
+        problem(await service.client.put(url, content=upload, headers=odd), 401)
     unknown = sign(secret, upload, msg_id="up_e") | NDJSON
     problem(await service.client.put(f"{url[:-5]}nope/data", content=upload, headers=unknown), 404)
 
