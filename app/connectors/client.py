@@ -30,10 +30,21 @@ _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 @dataclass(frozen=True)
 class Answer:
+    """What a call came back with. ``error`` is the service's account of a failure ("HTTP
+    400"); ``said`` is the connector's own words from its error body, which staff need but
+    which may name the person, so they go to the job's ``last_error`` and not into the
+    immutable audit trail."""
+
     kind: Literal["result", "accepted", "permanent", "retry"]
     result: ConnectorResult | None = None
     error: str | None = None
     retry_after: float | None = None
+    said: str | None = None
+
+
+def with_said(error: str, said: str | None) -> str:
+    """An error as staff read it: the service's account, then the connector's words."""
+    return f"{error}: {said}" if said else error
 
 
 def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> float | None:
@@ -152,7 +163,9 @@ async def call(
     if status == 202:
         return Answer("accepted")
     if status in (408, 429) or status >= 500:
-        return Answer("retry", error=f"HTTP {status}: {message_of(raw)}", retry_after=retry_after)
+        return Answer(
+            "retry", error=f"HTTP {status}", said=message_of(raw), retry_after=retry_after
+        )
     if 300 <= status < 400:
         return Answer("permanent", error=f"HTTP {status}: redirects are not followed")
-    return Answer("permanent", error=f"HTTP {status}: {message_of(raw)}")
+    return Answer("permanent", error=f"HTTP {status}", said=message_of(raw))

@@ -533,8 +533,9 @@ async def _finish_call(
             if cj.attempts < connector.max_attempts:
                 await _queue_call(session, cj, connector, now=now, run_after=cj.callback_deadline)
         elif answer.kind == "permanent":
-            await _fail(session, ctx, None, cj, error=answer.error or "refused", now=now)
-            await jobs.fail(session, job, now=now, error=answer.error or "refused")
+            error = answer.error or "refused"
+            await _fail(session, ctx, None, cj, error=error, said=answer.said, now=now)
+            await jobs.fail(session, job, now=now, error=client.with_said(error, answer.said))
         else:
             error = answer.error or "failed"
             decision = decide(
@@ -546,11 +547,11 @@ async def _finish_call(
             )
             if isinstance(decision, GiveUp):
                 final = f"gave up after {cj.attempts} attempts: {error}"
-                await _fail(session, ctx, None, cj, error=final, now=now)
-                await jobs.fail(session, job, now=now, error=final)
+                await _fail(session, ctx, None, cj, error=final, said=answer.said, now=now)
+                await jobs.fail(session, job, now=now, error=client.with_said(final, answer.said))
             else:
                 cj.status, cj.updated_at = J.queued, now
-                cj.last_error = error[:1000]
+                cj.last_error = client.with_said(error, answer.said)[:1000]
                 await _record(
                     session,
                     cj,
@@ -561,7 +562,11 @@ async def _finish_call(
                     delay_seconds=round(decision.delay_seconds, 3),
                 )
                 await jobs.retry_later(
-                    session, job, now=now, delay_seconds=decision.delay_seconds, error=error
+                    session,
+                    job,
+                    now=now,
+                    delay_seconds=decision.delay_seconds,
+                    error=client.with_said(error, answer.said),
                 )
         session.add(cj)
 
@@ -649,9 +654,13 @@ async def _fail(
     *,
     error: str,
     now: datetime,
+    said: str | None = None,
     actor: str = SYSTEM,
 ) -> None:
-    cj.status, cj.last_error, cj.updated_at = J.failed, error[:1000], now
+    """The job failed for good: ``error`` goes to the audit trail, ``said`` (the connector's
+    own words, which may name the person) only to ``last_error`` beside it."""
+    cj.status, cj.updated_at = J.failed, now
+    cj.last_error = client.with_said(error, said)[:1000]
     cj.finished_at = now
     session.add(cj)
     await jobs.withdraw(session, queueing_lock=_call_lock(cj.id))
@@ -703,9 +712,17 @@ async def _apply(
 ) -> None:
     result = prepared.result
     if result.status == "failed":
-        reason = f"the connector reported a failure: {result.message or 'no reason given'}"
         results.delete(rt, prepared.file_names)
-        await _fail(session, rt, req, cj, error=reason, now=now, actor=by)
+        await _fail(
+            session,
+            rt,
+            req,
+            cj,
+            error="the connector reported a failure",
+            said=result.message or "no reason given",
+            now=now,
+            actor=by,
+        )
         return
     files = json.loads(cj.data_files) if cj.data_files else []
     files.extend(prepared.data_files)
@@ -1160,6 +1177,7 @@ async def _requeue_orphans(session: AsyncSession, rt: Runtime, *, now: datetime)
             continue
         connector = await registry.get(session, cj.connector_id)
         if engine_job and engine_job.status == JobStatus.failed and cj.status != J.waiting_callback:
+            # Failed by the engine itself (workers lost mid-call): the service's own words.
             await _fail(
                 session, rt, req, cj, error=engine_job.last_error or "the call failed", now=now
             )

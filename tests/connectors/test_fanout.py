@@ -4,10 +4,12 @@ request's status following its jobs, and staff steering failed and manual jobs."
 from __future__ import annotations
 
 import pytest
+from starlette.responses import JSONResponse, Response
 
 from tests.conftest import Service, bearer
 from tests.connectors.conftest import detail, drive, register
 from tests.fixtures.connectors import (
+    Call,
     ConnectorFarm,
     answers,
     calls_back,
@@ -90,6 +92,44 @@ async def test_a_permanent_refusal_needs_staff_and_a_retry_completes(
     view = await detail(service, filed["id"])
     assert view["status"] == "completed"
     assert {c.idempotency_key for c in farm.calls_to("legacy")} == {legacy["id"]}
+
+
+async def test_a_connectors_own_words_reach_staff_but_not_the_audit_trail(
+    service: Service, farm: ConnectorFarm
+) -> None:
+    """A connector's error body may name the person; the audit trail cannot be erased, so it
+    keeps the service's account of each failure and the job's last_error the words."""
+
+    async def busy_then_refuses(f: ConnectorFarm, call: Call) -> Response:
+        if len(f.calls_to("legacy")) == 1:
+            return JSONResponse({"detail": "ana@example.org: row locked"}, status_code=503)
+        return JSONResponse({"detail": "no customer ana@example.org"}, status_code=422)
+
+    await register(service, farm, "legacy", busy_then_refuses)
+    await register(
+        service, farm, "crm", answers({"status": "failed", "message": "crm lost ana@example.org"})
+    )
+    filed = await service.file_verified()
+    await drive(service, farm)
+
+    view = await detail(service, filed["id"])
+    jobs = {j["connector_name"]: j for j in view["jobs"]}
+    assert jobs["legacy"]["last_error"] == "HTTP 422: no customer ana@example.org"
+    assert jobs["crm"]["last_error"] == (
+        "the connector reported a failure: crm lost ana@example.org"
+    )
+    details = {
+        (e["action"], e["details"].get("connector_id"), e["details"].get("error"))
+        for e in view["events"]
+        if e["action"] in ("connector_job.failed", "connector_job.retry_scheduled")
+    }
+    ids = {j["connector_name"]: j["connector_id"] for j in view["jobs"]}
+    assert details == {
+        ("connector_job.retry_scheduled", ids["legacy"], "HTTP 503"),
+        ("connector_job.failed", ids["legacy"], "HTTP 422"),
+        ("connector_job.failed", ids["crm"], "the connector reported a failure"),
+    }
+    assert "ana@example.org" not in str(view["events"])
 
 
 async def test_retry_of_a_job_that_did_not_fail_is_409(
