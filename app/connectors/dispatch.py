@@ -899,7 +899,7 @@ async def accept_callback(
             )
         except signing.BadSignature as exc:
             raise BadCallback(str(exc)) from None
-        webhook_id = headers["webhook-id"][:200]
+        webhook_id = headers["webhook-id"]
         receipt = await _receipt(session, connector.id, webhook_id)
         if receipt is not None:
             return _duplicate(receipt, job_id, kind="result")
@@ -974,7 +974,7 @@ async def accept_upload(
             check = signing.StreamCheck(registry.signing_secrets(rt, connector, now=now), headers)
         except signing.BadSignature as exc:
             raise BadCallback(str(exc)) from None
-        webhook_id = headers["webhook-id"][:200]
+        webhook_id = headers["webhook-id"]
         receipt = await _receipt(session, connector.id, webhook_id)
         if receipt is None and cj is None:
             raise Conflict(f"{SUPERSEDED}; the upload changes nothing")

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from app.connectors import dispatch
+from app.connectors import dispatch, signing
 from app.connectors import service as registry
 from app.connectors.schemas import (
     CallbackAccepted,
@@ -111,7 +111,7 @@ async def rotate_secret(
 # --- connector -> service ------------------------------------------------------------------
 
 
-def _signature_refused(exc: dispatch.BadCallback) -> Unauthorized:
+def _signature_refused(exc: dispatch.BadCallback | signing.BadSignature) -> Unauthorized:
     return Unauthorized(f"callback refused: {exc}", headers={})
 
 
@@ -121,7 +121,12 @@ def _signature_refused(exc: dispatch.BadCallback) -> Unauthorized:
 async def connector_callback(job_id: str, request: Request, rt: RuntimeDep) -> dict:
     """A connector's result for a job it answered with 202, signed like the call (Standard
     Webhooks). Checked over the raw body before parsing; a repeated ``webhook-id`` is answered
-    as the first time and not applied twice."""
+    as the first time and not applied twice. Unsigned or stale calls are refused before
+    their body is read."""
+    try:
+        signing.check_headers(request.headers)
+    except signing.BadSignature as exc:
+        raise _signature_refused(exc) from None
     body = await request.body()
     try:
         return await dispatch.accept_callback(rt, job_id=job_id, body=body, headers=request.headers)

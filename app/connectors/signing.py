@@ -25,6 +25,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 PREFIX = "whsec_"
 TOLERANCE_SECONDS = 5 * 60
+MAX_ID = 200  # the receipts' column
 
 
 class BadSignature(Exception):
@@ -58,6 +59,7 @@ def sign_headers(
 
 def verify(signing_secrets: Sequence[str], *, body: bytes, headers: Mapping[str, str]) -> None:
     """Accept ``body`` if its headers carry a fresh signature by one of the secrets."""
+    check_headers(headers)
     wanted = {
         k: headers.get(k, "") for k in ("webhook-id", "webhook-timestamp", "webhook-signature")
     }
@@ -74,22 +76,33 @@ def verify(signing_secrets: Sequence[str], *, body: bytes, headers: Mapping[str,
     raise BadSignature("no matching signature")
 
 
+def check_headers(headers: Mapping[str, str]) -> tuple[str, str, str]:
+    """The three headers, when present and well formed with a fresh timestamp: checked
+    before a body is read, so a stale replay or a call without a signature costs no body.
+    A webhook-id is a short message id; a longer one than ``MAX_ID`` is refused, not cut
+    (two cut ids could collide and a new message pass for a repeat)."""
+    msg_id = headers.get("webhook-id", "")
+    stamp = headers.get("webhook-timestamp", "")
+    signature_header = headers.get("webhook-signature", "")
+    if not (msg_id and stamp and signature_header):
+        raise BadSignature("missing signature headers")
+    if len(msg_id) > MAX_ID:
+        raise BadSignature(f"webhook-id longer than {MAX_ID} characters")
+    # Integer seconds, as the library signs them: a float() here would take "nan" (which
+    # no comparison refuses) or "1.5" (signed as written, checked by the library floored).
+    if not (stamp.isascii() and stamp.isdigit()):
+        raise BadSignature("malformed webhook-timestamp")
+    if abs(time.time() - int(stamp)) > TOLERANCE_SECONDS:
+        raise BadSignature("timestamp more than five minutes off")
+    return msg_id, stamp, signature_header
+
+
 class StreamCheck:
     """The same check for a body that arrives in chunks: ``update`` each chunk, then
     ``verify``. The headers' shape and timestamp are checked before the first byte."""
 
     def __init__(self, signing_secrets: Sequence[str], headers: Mapping[str, str]) -> None:
-        msg_id = headers.get("webhook-id", "")
-        stamp = headers.get("webhook-timestamp", "")
-        signature_header = headers.get("webhook-signature", "")
-        if not (msg_id and stamp and signature_header):
-            raise BadSignature("missing signature headers")
-        # Integer seconds, as the library signs them: a float() here would take "nan" (which
-        # no comparison refuses) or "1.5" (signed as written, checked by the library floored).
-        if not (stamp.isascii() and stamp.isdigit()):
-            raise BadSignature("malformed webhook-timestamp")
-        if abs(time.time() - int(stamp)) > TOLERANCE_SECONDS:
-            raise BadSignature("timestamp more than five minutes off")
+        msg_id, stamp, signature_header = check_headers(headers)
         self._offered: list[bytes] = []
         for part in signature_header.split(" "):
             version, _, value = part.partition(",")

@@ -169,6 +169,16 @@ def _six_minutes_ahead(secret: str, raw: bytes) -> tuple[dict[str, str], bytes]:
     return sign(secret, raw, msg_id="msg_1", at=time.time() + 360), raw
 
 
+def _fractional_timestamp(secret: str, raw: bytes) -> tuple[dict[str, str], bytes]:
+    headers = sign(secret, raw, msg_id="msg_1")
+    return headers | {"webhook-timestamp": headers["webhook-timestamp"] + ".5"}, raw
+
+
+def _id_too_long(secret: str, raw: bytes) -> tuple[dict[str, str], bytes]:
+    # Signed right, but cut to the receipts' 200 characters it could pass for another id.
+    return sign(secret, raw, msg_id="msg_" + "x" * 197), raw
+
+
 REFUSED_SIGNATURES = [
     _forged,
     _tampered,
@@ -179,6 +189,8 @@ REFUSED_SIGNATURES = [
     _bad_timestamp,
     _six_minutes_old,
     _six_minutes_ahead,
+    _fractional_timestamp,
+    _id_too_long,
 ]
 
 
