@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 from collections.abc import Coroutine
@@ -45,6 +46,18 @@ def cmd_migrate(_: argparse.Namespace) -> None:
     print("database is at the latest schema")
 
 
+def _public_url_from_listener(host: str, port: int) -> Settings:
+    """Without ``DSR_PUBLIC_URL`` the service's own links (e-mails, connector callback URLs)
+    follow ``--host``/``--port``: a service on another port than the default must not hand
+    connectors a callback URL nobody answers. Set through the environment so that server
+    processes spawned by ``--workers`` see it too; a wildcard bind is reached on loopback."""
+    reachable = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    if ":" in reachable:
+        reachable = f"[{reachable}]"
+    os.environ["DSR_PUBLIC_URL"] = f"http://{reachable}:{port}"
+    return _settings()
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
@@ -52,6 +65,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from app.serving import UVICORN_OPTIONS, serve
 
     settings = _settings()
+    if "public_url" not in settings.model_fields_set and args.port:
+        settings = _public_url_from_listener(args.host, args.port)
     setup_logging()
     upgrade(settings.database_url)
     if args.workers > 1:

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from app.config import new_key
-from tests.fixtures.mail import code_in, free_port, read_mail_dir
+from tests.fixtures.mail import body_of, code_in, free_port, read_mail_dir
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -46,7 +46,7 @@ def _dsr(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProc
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
     port = free_port()
-    env = _env(tmp_path, DSR_PUBLIC_URL=f"http://127.0.0.1:{port}")
+    env = _env(tmp_path)  # no DSR_PUBLIC_URL: the service's links follow --port
     process = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
         env=env,
@@ -85,7 +85,9 @@ def test_serve_migrates_and_answers_over_real_http(server, tmp_path: Path) -> No
         if read_mail_dir(mail_dir):
             break
         time.sleep(0.1)
-    code = code_in(read_mail_dir(mail_dir)[0])
+    mail = read_mail_dir(mail_dir)[0]
+    code = code_in(mail)
+    assert f"{base}/v1/requests/{filed['id']}" in body_of(mail)  # not the default port
     auth = {"Authorization": f"Bearer {filed['status_token']}"}
     verified = httpx.post(
         f"{base}/v1/requests/{filed['id']}/verification", json={"code": code}, headers=auth
