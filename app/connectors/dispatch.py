@@ -665,6 +665,18 @@ async def _fail(
     session.add(cj)
     await jobs.withdraw(session, queueing_lock=_call_lock(cj.id))
     await _record(session, cj, "failed", now=now, actor=actor, error=error[:200])
+    # Operators watch logs, not every request's page: a system that stopped answering shows
+    # here by ids and the service's account (never the connector's words: they may name the
+    # person). Written before the commit: a rolled-back failure is logged and tried again.
+    log.warning(
+        "connectors.job_failed",
+        extra={
+            "job_id": cj.id,
+            "request_id": cj.request_id,
+            "connector_id": cj.connector_id,
+            "error": error[:200],
+        },
+    )
     await _settle(session, rt, req, cj, now=now)
 
 

@@ -3,6 +3,8 @@ request's status following its jobs, and staff steering failed and manual jobs."
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from starlette.responses import JSONResponse, Response
 
@@ -95,10 +97,12 @@ async def test_a_permanent_refusal_needs_staff_and_a_retry_completes(
 
 
 async def test_a_connectors_own_words_reach_staff_but_not_the_audit_trail(
-    service: Service, farm: ConnectorFarm
+    service: Service, farm: ConnectorFarm, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A connector's error body may name the person; the audit trail cannot be erased, so it
-    keeps the service's account of each failure and the job's last_error the words."""
+    keeps the service's account of each failure and the job's last_error the words. The log
+    names each failed job by ids, with the service's account."""
+    caplog.set_level(logging.INFO, logger="dsr.connectors")
 
     async def busy_then_refuses(f: ConnectorFarm, call: Call) -> Response:
         if len(f.calls_to("legacy")) == 1:
@@ -130,6 +134,12 @@ async def test_a_connectors_own_words_reach_staff_but_not_the_audit_trail(
         ("connector_job.failed", ids["crm"], "the connector reported a failure"),
     }
     assert "ana@example.org" not in str(view["events"])
+    failures = [r for r in caplog.records if r.getMessage() == "connectors.job_failed"]
+    assert sorted((r.connector_id, r.error) for r in failures) == sorted(  # type: ignore[attr-defined]
+        [(ids["legacy"], "HTTP 422"), (ids["crm"], "the connector reported a failure")]
+    )
+    assert {r.request_id for r in failures} == {filed["id"]}  # type: ignore[attr-defined]
+    assert "ana@example.org" not in caplog.text + str([r.__dict__ for r in caplog.records])
 
 
 async def test_retry_of_a_job_that_did_not_fail_is_409(
