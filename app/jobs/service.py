@@ -412,9 +412,14 @@ async def counts_by_status(session: AsyncSession) -> dict[str, int]:
     return {status: count for status, count in rows.all()}
 
 
-async def oldest_waiting(session: AsyncSession) -> datetime | None:
+async def oldest_waiting(session: AsyncSession, *, now: datetime) -> datetime | None:
+    """Since when the longest-waiting due job has been ready to run: the backlog operators
+    watch. A job queued for later (a retry in backoff, a call planned for a late callback,
+    the next sweep) is not waiting yet and does not count until its ``run_after`` comes."""
     return (
         await session.exec(
-            select(func.min(Job.created_at)).where(col(Job.status) == JobStatus.queued)
+            select(func.min(Job.run_after)).where(
+                col(Job.status) == JobStatus.queued, col(Job.run_after) <= now
+            )
         )
     ).one()

@@ -293,7 +293,15 @@ class Stats(BaseModel):
     overdue: int
     due_within_7_days: int
     median_days_to_complete: float | None
-    jobs_by_status: dict[str, int]
-    oldest_waiting_job_at: datetime | None
-    engine_jobs_by_status: dict[str, int]
-    oldest_queued_engine_job_at: datetime | None
+    jobs_by_status: dict[str, int] = Field(description="Connector jobs by status.")
+    oldest_waiting_job_at: datetime | None = Field(
+        description="When the oldest connector job that has not finished was created."
+    )
+    engine_jobs_by_status: dict[str, int] = Field(
+        description="Background jobs (connector calls, e-mails, exports, sweeps) by status."
+    )
+    oldest_queued_engine_job_at: datetime | None = Field(
+        description="Since when the longest-waiting due background job has been ready to run "
+        "(jobs queued for later do not count until their time comes): a growing age means "
+        "the workers are behind or down."
+    )

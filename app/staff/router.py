@@ -438,5 +438,5 @@ async def stats(staff: Reader, rt: RuntimeDep, now: Now) -> dict:
             "jobs_by_status": await connectors.count_by_status(session),
             "oldest_waiting_job_at": await connectors.oldest_unfinished(session),
             "engine_jobs_by_status": await jobs.counts_by_status(session),
-            "oldest_queued_engine_job_at": await jobs.oldest_waiting(session),
+            "oldest_queued_engine_job_at": await jobs.oldest_waiting(session, now=now),
         }

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 
+from app.jobs import service as jobs
 from tests.conftest import T0, Service
 from tests.staff import act, detail, enter, error_locs, iso, staff_headers
 
@@ -171,6 +172,17 @@ async def test_stats_count_statuses_types_deadlines_and_durations(service: Servi
     assert set(jobs) <= {"succeeded"}
     assert figures["oldest_queued_engine_job_at"] is None
     assert figures["oldest_waiting_job_at"] is None
+
+
+async def test_queue_age_counts_only_jobs_that_are_due(service: Service) -> None:
+    # A retry in backoff or a sweep planned for later is not a backlog until its time comes.
+    async with service.runtime.session() as session:
+        await jobs.enqueue(session, "test.later", {}, now=T0, run_after=T0 + timedelta(hours=1))
+
+    assert (await stats(service))["engine_jobs_by_status"] == {"queued": 1}
+    assert (await stats(service))["oldest_queued_engine_job_at"] is None
+    service.clock.at = T0 + timedelta(hours=3)
+    assert (await stats(service))["oldest_queued_engine_job_at"] == "2026-03-10T10:00:00Z"
 
 
 async def test_stats_follow_the_clock(service: Service) -> None:
